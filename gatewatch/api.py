@@ -1,0 +1,263 @@
+"""The management API (§A) under /api/v1, described at /openapi.json.
+
+Every read goes through the caller's Scope (gatewatch.store.query.Scope): member → its own
+records, admin → its organization's, owner → all. Out-of-scope rows answer 404 like missing ones."""
+
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
+from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filters
+
+__all__ = ["ApiError", "create_api"]
+
+_PAGE_PARAMS = ("limit", "after_id", "q")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 409: "conflict_error"}.get(status, "api_error")  # fmt: skip
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param}}, status_code=status
+    )
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    user: str = Field(min_length=1, max_length=200, description="User name; created when new")
+    org: str | None = Field(default=None, max_length=200, description="Org name; created when new")
+    role: Literal["member", "admin", "owner"] = "member"
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["day", "week", "month"] = "month"
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class KeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    role: Literal["member", "admin", "owner"] | None = None
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["day", "week", "month"] | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class LimitsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["day", "week", "month"] | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+class UserCreate(LimitsUpdate):
+    name: str = Field(min_length=1, max_length=200)
+    org: str | None = Field(default=None, max_length=200)
+
+
+class OrgCreate(LimitsUpdate):
+    name: str = Field(min_length=1, max_length=200)
+
+
+_ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
+
+
+def create_api(store: Store, keys: KeyCache) -> FastAPI:
+    app = FastAPI(
+        title="gatewatch management API",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        default_response_class=ORJSONResponse,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        return _error(400, f"{param or 'request'}: {first.get('msg')}", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    async def caller(request: Request) -> Identity:
+        headers = {k.lower().encode(): v.encode("latin-1") for k, v in request.headers.items()}
+        secret = secret_from_headers(headers)
+        if secret is None:
+            raise ApiError(401, "missing gateway key: send 'Authorization: Bearer gw-…'")
+        ident = await keys.lookup(secret)
+        if ident is None:
+            raise ApiError(401, "invalid or revoked gateway key")
+        return ident
+
+    Caller = Annotated[Identity, Depends(caller)]
+
+    def require_admin(ident: Identity) -> None:
+        if ident.role not in ("admin", "owner"):
+            raise ApiError(403, "this needs an admin or owner key")
+
+    async def run(fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except StoreError as exc:
+            raise ApiError(409, str(exc)) from None
+
+    def page_limit(limit: int) -> int:
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "limit: must be between 1 and 1000", "limit")
+        return limit
+
+    # ---- identity ------------------------------------------------------------------------
+
+    @app.get("/api/v1/me", summary="The calling key, its user and organization")
+    async def me(ident: Caller) -> dict[str, Any]:
+        return {
+            "key_id": ident.key_id, "key_name": ident.key_name, "user_id": ident.user_id,
+            "user": ident.user_name, "org_id": ident.org_id, "org": ident.org_name,
+            "role": ident.role,
+        }  # fmt: skip
+
+    # ---- request records (§A1, §A2) --------------------------------------------------------
+
+    @app.get("/api/v1/requests", summary="Request records, newest first (§A1)")
+    async def list_requests(
+        request: Request,
+        ident: Caller,
+        limit: Annotated[int, Query(description="1-1000")] = 100,
+        after_id: Annotated[str | None, Query(description="Keyset cursor")] = None,
+        q: Annotated[str | None, Query(description="key:value search string")] = None,
+    ) -> dict[str, Any]:
+        limit = page_limit(limit)
+        try:
+            query = parse_filters(request.query_params.multi_items(), _PAGE_PARAMS, q)
+        except FilterError as exc:
+            raise ApiError(400, str(exc), exc.param) from None
+        page = await run(store.list_requests, ident.scope, query, limit, after_id)
+        return {"count": page.count, "results": page.results, "next_after_id": page.next_after_id}
+
+    @app.get("/api/v1/requests/{request_id}", summary="One request record (§A2)")
+    async def get_request(request_id: str, ident: Caller) -> dict[str, Any]:
+        row = await run(store.get_request, ident.scope, request_id)
+        if row is None:
+            raise ApiError(404, f"no request {request_id}")
+        return dict(row)
+
+    # ---- keys, users, orgs (§A6) -----------------------------------------------------------
+
+    @app.post("/api/v1/keys", status_code=201, summary="Create a key; its secret is shown once")
+    async def create_key(body: KeyCreate, ident: Caller) -> dict[str, Any]:
+        require_admin(ident)
+        fields = body.model_dump()
+        if ident.role != "owner":
+            if fields["org"] not in (None, ident.org_name):
+                raise ApiError(403, "an admin key can create keys in its own organization only")
+            if body.role == "owner":
+                raise ApiError(403, "an admin key cannot create owner keys", "role")
+        fields["org"] = fields["org"] or ident.org_name
+        secret = new_secret()
+        row = await run(store.create_key, fields, hash_key(secret), secret[:7] + "…")
+        keys.invalidate()
+        return {**row, "key": secret}
+
+    def entity_routes(
+        kind: str, create_model: type[BaseModel], update_model: type[BaseModel]
+    ) -> None:
+        singular = kind[:-1]
+
+        async def list_(
+            ident: Caller,
+            limit: Annotated[int, Query(description="1-1000")] = 100,
+            after_id: Annotated[str | None, Query()] = None,
+        ) -> dict[str, Any]:
+            page = await run(store.list_entities, kind, ident.scope, page_limit(limit), after_id)
+            return {
+                "count": page.count, "results": page.results, "next_after_id": page.next_after_id
+            }  # fmt: skip
+
+        async def get_(ident: Caller, entity_id: Annotated[str, Path()]) -> dict[str, Any]:
+            row = await run(store.get_entity, kind, ident.scope, entity_id)
+            if row is None:
+                raise ApiError(404, f"no {singular} {entity_id}")
+            return dict(row)
+
+        async def patch_(
+            body: update_model,  # type: ignore[valid-type]
+            ident: Caller,
+            entity_id: Annotated[str, Path()],
+        ) -> dict[str, Any]:
+            require_admin(ident)
+            fields = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+            if kind == "orgs" and ident.role != "owner":
+                raise ApiError(403, "only an owner key can change organizations")
+            role = fields.get("role")
+            if role and _ROLE_RANK[role] > _ROLE_RANK[ident.role]:
+                raise ApiError(403, f"a {ident.role} key cannot grant the {role} role", "role")
+            row = await run(store.update_entity, kind, ident.scope, entity_id, fields)
+            if row is None:
+                raise ApiError(404, f"no {singular} {entity_id}")
+            keys.invalidate()
+            return dict(row)
+
+        async def delete_(ident: Caller, entity_id: Annotated[str, Path()]) -> dict[str, Any]:
+            require_admin(ident)
+            if kind == "orgs" and ident.role != "owner":
+                raise ApiError(403, "only an owner key can revoke organizations")
+            row = await run(store.revoke_entity, kind, ident.scope, entity_id)
+            if row is None:
+                raise ApiError(404, f"no {singular} {entity_id}")
+            keys.invalidate()
+            return dict(row)
+
+        base = f"/api/v1/{kind}"
+        app.get(base, summary=f"List {kind}")(list_)
+        app.get(base + "/{entity_id}", summary=f"One {singular}")(get_)
+        app.patch(base + "/{entity_id}", summary=f"Change a {singular}")(patch_)
+        app.delete(base + "/{entity_id}", summary=f"Revoke a {singular} at once")(delete_)
+
+        if kind != "keys":
+
+            async def create_(body: create_model, ident: Caller) -> dict[str, Any]:  # type: ignore[valid-type]
+                require_admin(ident)
+                fields = body.model_dump()  # type: ignore[attr-defined]
+                if kind == "orgs" and ident.role != "owner":
+                    raise ApiError(403, "only an owner key can create organizations")
+                if kind == "users":
+                    if ident.role != "owner" and fields["org"] not in (None, ident.org_name):
+                        raise ApiError(403, "an admin key can add users to its own org only")
+                    fields["org"] = fields["org"] or ident.org_name
+                row = await run(store.create_entity, kind, fields)
+                keys.invalidate()
+                return dict(row)
+
+            app.post(base, status_code=201, summary=f"Create a {singular}")(create_)
+
+    entity_routes("keys", KeyCreate, KeyUpdate)
+    entity_routes("users", UserCreate, LimitsUpdate)
+    entity_routes("orgs", OrgCreate, LimitsUpdate)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b"ok", media_type="text/plain")
+
+    return app

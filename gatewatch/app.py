@@ -1,0 +1,134 @@
+"""``create_app(settings)``: the gateway as one ASGI app. Proxy paths go straight to the proxy
+handler (no framework on the hot path); everything else to the management API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gatewatch.api import create_api
+from gatewatch.auth import ADMIN_KEY_ID, KeyCache, hash_key
+from gatewatch.metrics import Metrics
+from gatewatch.pricing import PriceBook
+from gatewatch.proxy import ProxyHandler, match_proxy_path
+from gatewatch.proxy.handler import Receive, Scope, Send
+from gatewatch.settings import Settings
+from gatewatch.store import RecordWriter, Store, open_store
+
+__all__ = ["Gateway", "app_from_environment", "create_app"]
+
+log = logging.getLogger("gatewatch")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.database)
+        self.metrics = Metrics()
+        self.keys = KeyCache(self.store)
+        secrets = [p.api_key.get_secret_value() for p in settings.providers if p.api_key]
+        self.writer = RecordWriter(
+            self.store,
+            max_pending=settings.record_queue_size,
+            batch_size=settings.record_batch_size,
+            secrets=secrets,
+            on_drop=self.metrics.records_dropped.inc,
+            keep_bodies=settings.content == "full",
+        )
+        self.metrics.records_pending.set_function(lambda: self.writer.pending)
+        self.proxy = ProxyHandler(
+            settings, self.keys, self.writer, self.metrics, PriceBook(settings.prices)
+        )
+        self.api = create_api(self.store, self.keys)
+        self._providers = {p.name: p for p in settings.providers}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.store.migrate)
+        if self.settings.admin_key is not None:
+            await asyncio.to_thread(
+                self.store.ensure_key,
+                key_id=ADMIN_KEY_ID,
+                name="admin",
+                key_hash=hash_key(self.settings.admin_key.get_secret_value()),
+                user="admin",
+                org="default",
+                role="owner",
+            )
+        self.writer.start()
+        await self.proxy.start()
+        self._tasks.append(asyncio.create_task(self.keys.watch()))
+        self.started = True
+        log.info(
+            "gatewatch ready: %d provider(s), database %s",
+            len(self.settings.providers),
+            self.settings.database,
+        )
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.proxy.close()
+        pending = self.writer.pending
+        await asyncio.to_thread(self.writer.close)
+        log.info("stored %d pending record(s) before exit", pending)
+        await asyncio.to_thread(self.store.close)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            matched = match_proxy_path(path, self._providers)
+            if matched is not None:
+                await self.proxy(scope, receive, send, *matched)
+                return
+            if path == "/metrics":
+                body = generate_latest(self.metrics.registry)
+                await send({
+                    "type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+                })  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+            await self.api(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websocket: not served
+            await self.api(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: dict[str, Any] = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("gatewatch failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> Gateway:
+    return Gateway(settings)
+
+
+def app_from_environment() -> Gateway:
+    """The factory ``gatewatch serve --workers N`` gives each worker process."""
+    from gatewatch.settings import load_settings
+
+    return create_app(load_settings())

@@ -1,0 +1,250 @@
+"""The ``gatewatch`` command (§L). Data commands talk to a running gateway's REST API and see
+exactly what the API lets the key see."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gatewatch.settings import ConfigError, load_settings
+
+__all__ = ["main"]
+
+app = typer.Typer(help="gatewatch: a self-hosted LLM gateway that records every request.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)  # fmt: skip
+requests_app = typer.Typer(help="Request records.", no_args_is_help=True)
+keys_app = typer.Typer(help="Gateway keys.", no_args_is_help=True)
+app.add_typer(requests_app, name="requests")
+app.add_typer(keys_app, name="keys")
+
+UrlOpt = Annotated[
+    str, typer.Option("--url", envvar="GATEWATCH_URL", help="The gateway's base URL")
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="GATEWATCH_TOKEN", help="A gateway key")
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
+_DEFAULT_URL = "http://127.0.0.1:4000"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _api(url: str, token: str | None, method: str, path: str, **kw: Any) -> Any:
+    import httpx
+
+    if not token:
+        _fail("no key: pass --token or set GATEWATCH_TOKEN")
+    try:
+        resp = httpx.request(
+            method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
+            timeout=30, **kw,
+        )  # fmt: skip
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the gateway at {url}: {exc}")
+        raise AssertionError from exc  # unreachable
+    if resp.status_code >= 400:
+        try:
+            message = resp.json()["error"]["message"]
+        except Exception:
+            message = resp.text
+        _fail(f"{resp.status_code}: {message}")
+    return resp.json()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# ---- serve / demo ---------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    config: Annotated[str | None, typer.Option("--config", envvar="GATEWATCH_CONFIG")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 4000,
+    workers: Annotated[int, typer.Option(help="Worker processes")] = 1,
+) -> None:
+    """Run the gateway."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(f"invalid configuration: {exc}", 2)
+        return
+    _configure_logging(settings.log_level)
+    if not settings.providers:
+        logging.getLogger("gatewatch").warning(
+            "no providers configured: set OPENAI_API_KEY / ANTHROPIC_API_KEY or write a config"
+        )
+    _run_server(settings, host, port, workers, config)
+
+
+def _run_server(settings: Any, host: str, port: int, workers: int, config: str | None) -> None:
+    import uvicorn
+
+    from gatewatch.store import open_store
+
+    store = open_store(settings.database)
+    store.migrate()
+    store.close()
+    common: dict[str, Any] = dict(
+        host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
+    )  # fmt: skip
+    if workers > 1:
+        if config:
+            os.environ["GATEWATCH_CONFIG"] = os.path.abspath(config)
+        uvicorn.run("gatewatch.app:app_from_environment", factory=True, workers=workers, **common)
+    else:
+        from gatewatch.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Gateway port")] = 4000,
+    requests: Annotated[int, typer.Option(help="Simulated requests to generate")] = 300,
+    database: Annotated[
+        str, typer.Option(help="Where to keep the demo's records")
+    ] = "sqlite:///gatewatch-demo.db",
+) -> None:
+    """The gateway with a built-in simulated provider and generated traffic, for a first look."""
+    from gatewatch.demo import run_demo
+
+    _configure_logging("info")
+    run_demo(port=port, n_requests=requests, database=database)
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+
+_LIST_COLUMNS = ("id", "started_at", "user", "provider", "model", "status_code", "input_tokens",
+                 "output_tokens", "cost_usd", "duration_ms")  # fmt: skip
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...]) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(columns),
+                                extrasaction="ignore")  # fmt: skip
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v
+                             for k, v in row.items()})  # fmt: skip
+        sys.stdout.write(buf.getvalue())
+    elif fmt == "table":
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        Console().print(table)
+    else:
+        _fail(f"--format: {fmt!r} is not one of table, json, csv", 2)
+
+
+@requests_app.command("list")
+def requests_list(
+    url: UrlOpt = _DEFAULT_URL,
+    token: TokenOpt = None,
+    initiator: Annotated[str | None, typer.Option(help="User id or name, or 'me'")] = None,
+    provider: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[str | None, typer.Option(help="ok | error | client_closed")] = None,
+    started_after: Annotated[str | None, typer.Option(help="RFC 3339")] = None,
+    started_before: Annotated[str | None, typer.Option(help="RFC 3339")] = None,
+    q: Annotated[str | None, typer.Option(help="Search string of key:value pairs")] = None,
+    limit: Annotated[int, typer.Option(help="1-1000")] = 20,
+    fmt: FormatOpt = "table",
+) -> None:
+    """List request records, newest first."""
+    params = {k: v for k, v in dict(
+        initiator=initiator, provider=provider, model=model, status=status,
+        started_after=started_after, started_before=started_before, q=q, limit=limit,
+    ).items() if v is not None}  # fmt: skip
+    page = _api(url, token, "GET", "/api/v1/requests", params=params)
+    _print_rows(page["results"], fmt, _LIST_COLUMNS)
+    if fmt == "table":
+        Console(stderr=True).print(f"{len(page['results'])} of {page['count']} matching")
+
+
+@requests_app.command("show")
+def requests_show(
+    request_id: Annotated[str, typer.Argument(help="The record's id")],
+    url: UrlOpt = _DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """One request record with its prompt, response, tool calls and attempts."""
+    sys.stdout.write(json.dumps(_api(url, token, "GET", f"/api/v1/requests/{request_id}"),
+                                indent=2) + "\n")  # fmt: skip
+
+
+# ---- keys ------------------------------------------------------------------------------------
+
+
+_KEY_COLUMNS = ("id", "name", "user", "org", "role", "budget_usd", "rpm", "tpm", "revoked")
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option(help="User name (created when new)")],
+    url: UrlOpt = _DEFAULT_URL,
+    token: TokenOpt = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    org: Annotated[str | None, typer.Option(help="Organization name (created when new)")] = None,
+    role: Annotated[str, typer.Option(help="member | admin | owner")] = "member",
+    budget_usd: Annotated[float | None, typer.Option()] = None,
+    budget_period: Annotated[str, typer.Option(help="day | week | month")] = "month",
+    rpm: Annotated[int | None, typer.Option()] = None,
+    tpm: Annotated[int | None, typer.Option()] = None,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Create a key. Its secret is printed this once."""
+    body = {k: v for k, v in dict(
+        user=user, name=name, org=org, role=role, budget_usd=budget_usd,
+        budget_period=budget_period, rpm=rpm, tpm=tpm,
+    ).items() if v is not None}  # fmt: skip
+    row = _api(url, token, "POST", "/api/v1/keys", json=body)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(row, indent=2) + "\n")
+        return
+    _print_rows([row], fmt, _KEY_COLUMNS)
+    Console().print(f"key (shown once): [bold]{row['key']}[/bold]")
+
+
+@keys_app.command("list")
+def keys_list(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt = "table",
+              limit: Annotated[int, typer.Option()] = 100) -> None:  # fmt: skip
+    """List the keys this key may see."""
+    page = _api(url, token, "GET", "/api/v1/keys", params={"limit": limit})
+    _print_rows(page["results"], fmt, _KEY_COLUMNS)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id")],
+    url: UrlOpt = _DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke a key at once."""
+    row = _api(url, token, "DELETE", f"/api/v1/keys/{key_id}")
+    Console().print(f"revoked {row['id']} ({row['name']})")
+
+
+def main() -> None:
+    app()

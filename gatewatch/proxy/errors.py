@@ -1,0 +1,71 @@
+"""Errors in the calling API family's own JSON shape (§P7)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+
+__all__ = ["Family", "GatewayError", "error_body", "sse_error_event"]
+
+Family = Literal["openai", "anthropic"]
+
+# status → (OpenAI error type, Anthropic error type)
+_TYPES = {
+    400: ("invalid_request_error", "invalid_request_error"),
+    401: ("authentication_error", "authentication_error"),
+    402: ("insufficient_quota", "billing_error"),
+    403: ("permission_error", "permission_error"),
+    404: ("not_found_error", "not_found_error"),
+    405: ("invalid_request_error", "invalid_request_error"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_error"),
+    500: ("server_error", "api_error"),
+    502: ("upstream_error", "api_error"),
+    504: ("timeout_error", "timeout_error"),
+}
+
+
+class GatewayError(Exception):
+    """An answer the gateway gives itself, with a clear message and a machine-readable code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers or []
+
+    def error_type(self, family: Family) -> str:
+        openai_type, anthropic_type = _TYPES.get(self.status, ("api_error", "api_error"))
+        return anthropic_type if family == "anthropic" else openai_type
+
+
+def error_body(family: Family, err: GatewayError) -> bytes:
+    if family == "anthropic":
+        return orjson.dumps(
+            {"type": "error", "error": {"type": err.error_type(family), "message": err.message}}
+        )
+    return orjson.dumps(
+        {
+            "error": {
+                "message": err.message,
+                "type": err.error_type(family),
+                "param": None,
+                "code": err.code,
+            }
+        }
+    )
+
+
+def sse_error_event(family: Family, err: GatewayError) -> bytes:
+    """How a provider reports an error after a stream has started."""
+    if family == "anthropic":
+        return b"event: error\ndata: " + error_body(family, err) + b"\n\n"
+    return b"data: " + error_body(family, err) + b"\n\n"

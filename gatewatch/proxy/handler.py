@@ -1,0 +1,649 @@
+"""The proxy (§P): authenticate, route, forward with failover, relay, and record every request.
+
+A plain ASGI callable: the request path does no disk or database work; the record goes to the
+writer's queue when the response ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gatewatch.attribution import apply_attribution
+from gatewatch.auth import KeyCache, secret_from_headers
+from gatewatch.metrics import Metrics
+from gatewatch.pricing import PriceBook, Usage
+from gatewatch.proxy.errors import Family, GatewayError, error_body, sse_error_event
+from gatewatch.proxy.routing import ENDPOINTS, Endpoint, Router, Target, upstream_url
+from gatewatch.proxy.sse import SSEParser
+from gatewatch.proxy.usage import last_user_prompt, read_blocking, stream_reader
+from gatewatch.records import Attempt, Record, new_id
+from gatewatch.settings import Settings
+from gatewatch.store.base import Identity
+from gatewatch.store.writer import RecordWriter
+
+__all__ = ["ProxyHandler", "match_proxy_path"]
+
+log = logging.getLogger("gatewatch.proxy")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = b"application/json"
+_FORWARD_HEADERS = (b"anthropic-version", b"anthropic-beta", b"openai-beta")
+_RELAY_HEADERS = {"retry-after", "x-request-id", "request-id", "openai-processing-ms"}
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _UpstreamFailed(Exception):
+    """An attempt that failover may retry elsewhere."""
+
+    def __init__(self, reason: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def match_proxy_path(path: str, providers: dict[str, Any]) -> tuple[Endpoint, str | None] | None:
+    """``/v1/…`` or ``/{provider}/v1/…`` → (endpoint, provider name or None)."""
+    endpoint = ENDPOINTS.get(path)
+    if endpoint is not None:
+        return endpoint, None
+    if path.count("/") >= 3:
+        _, first, rest = path.split("/", 2)
+        endpoint = ENDPOINTS.get("/" + rest)
+        if endpoint is not None:
+            return endpoint, first
+    return None
+
+
+def _status_of(code: int) -> str:
+    return "ok" if code < 400 else "error"
+
+
+def _upstream_error_message(data: bytes) -> tuple[str | None, str | None]:
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, data[:500].decode("utf-8", "replace") or None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return err.get("type") or err.get("code"), err.get("message")
+    if isinstance(err, str):
+        return None, err
+    return None, None
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeyCache,
+        writer: RecordWriter,
+        metrics: Metrics,
+        prices: PriceBook,
+    ) -> None:
+        self.settings = settings
+        self.router = Router(settings)
+        self.keys = keys
+        self.writer = writer
+        self.metrics = metrics
+        self.prices = prices
+        self.max_body = settings.limits.max_body_bytes
+        self.keep_content = settings.content == "full"
+        self.session: aiohttp.ClientSession | None = None
+        self._timeouts = {
+            p.name: (
+                aiohttp.ClientTimeout(total=p.timeout, sock_connect=p.connect_timeout),
+                aiohttp.ClientTimeout(sock_connect=p.connect_timeout, sock_read=p.timeout),
+            )
+            for p in settings.providers
+        }
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # ---- entry -----------------------------------------------------------------------------
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, pname: str | None
+    ) -> None:
+        started = time.time()
+        t0 = time.perf_counter()
+        headers = dict(scope["headers"])
+        rec = Record(id=new_id(started), started=started, endpoint=endpoint.path)
+        client = scope.get("client")
+        if client:
+            rec.source_ip = client[0]
+        family = endpoint.family
+        self.metrics.inflight.inc()
+        upstream_time = [0.0]
+        try:
+            if scope["method"] != endpoint.method:
+                raise GatewayError(
+                    405, f"{endpoint.path} accepts {endpoint.method} only", "method_not_allowed"
+                )
+            ident = await self._authenticate(headers)
+            rec.api_key_id, rec.api_key_name = ident.key_id, ident.key_name
+            rec.user_id, rec.user = ident.user_id, ident.user_name
+            rec.org_id, rec.org = ident.org_id, ident.org_name
+            body = await self._read_body(scope, receive, headers)
+            if endpoint.kind == "models":
+                apply_attribution(rec, headers, {})
+                await self._models(rec, send, pname, headers, upstream_time)
+                return
+            payload = self._parse(body, endpoint)
+            apply_attribution(rec, headers, payload)
+            model = payload["model"]
+            rec.model_requested = model
+            rec.stream = payload.get("stream") is True
+            if self.keep_content:
+                rec.request_body = body
+                rec.last_user_prompt = last_user_prompt(endpoint.kind, payload)
+            targets = self.router.resolve(family, model, pname)
+            await self._forward(
+                rec, endpoint, targets, payload, body, headers, receive, send, upstream_time
+            )
+        except GatewayError as err:
+            await self._send_error(send, rec, family, err)
+        except _ClientGone:
+            rec.status, rec.status_code = "client_closed", 499
+            rec.error_type, rec.error_message = "client_closed", "client went away"
+        except Exception as exc:  # never leave a request unanswered or unrecorded
+            log.exception("unexpected error on %s", endpoint.path)
+            err = GatewayError(500, f"internal gateway error: {type(exc).__name__}", "internal")
+            try:
+                await self._send_error(send, rec, family, err)
+            except Exception:
+                rec.status, rec.status_code = "error", 500
+        finally:
+            self.metrics.inflight.dec()
+            self._finish(rec, t0, upstream_time[0])
+
+    # ---- steps -----------------------------------------------------------------------------
+
+    async def _authenticate(self, headers: dict[bytes, bytes]) -> Identity:
+        secret = secret_from_headers(headers)
+        if secret is None:
+            raise GatewayError(
+                401,
+                "missing gateway key: send it as 'Authorization: Bearer gw-…' or 'x-api-key'",
+                "missing_api_key",
+            )
+        ident = await self.keys.lookup(secret)
+        if ident is None:
+            raise GatewayError(401, "invalid or revoked gateway key", "invalid_api_key")
+        return ident
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]
+    ) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise GatewayError(
+                413,
+                f"request body of {int(declared)} bytes is over the limit of {self.max_body}",
+                "request_too_large",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise _ClientGone()
+            part = msg.get("body", b"")
+            size += len(part)
+            if size > self.max_body:
+                raise GatewayError(
+                    413, f"request body is over the limit of {self.max_body} bytes",
+                    "request_too_large",
+                )  # fmt: skip
+            chunks.append(part)
+            if not msg.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    def _parse(body: bytes, endpoint: Endpoint) -> dict[str, Any]:
+        if not body.strip():
+            raise GatewayError(400, "request body is empty; expected a JSON object", "invalid_json")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(
+                400, f"request body is not valid JSON: {exc}", "invalid_json"
+            ) from None
+        if not isinstance(payload, dict):
+            raise GatewayError(400, "request body must be a JSON object", "invalid_json")
+        for field in endpoint.requires:
+            if field not in payload or payload[field] is None:
+                raise GatewayError(400, f"missing required field '{field}'", "missing_field")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise GatewayError(400, "'model' must be a non-empty string", "invalid_field")
+        return payload
+
+    def _upstream_headers(self, target: Target, headers: dict[bytes, bytes]) -> dict[str, str]:
+        p = target.provider
+        out = {"Content-Type": "application/json"}
+        key = p.api_key.get_secret_value() if p.api_key else ""
+        if p.type == "anthropic":
+            out["x-api-key"] = key
+            out["anthropic-version"] = "2023-06-01"
+        elif key:
+            out["Authorization"] = f"Bearer {key}"
+        for name in _FORWARD_HEADERS:
+            value = headers.get(name)
+            if value is not None:
+                out[name.decode()] = value.decode("latin-1")
+        out.update(p.headers)
+        return out
+
+    def _body_for(
+        self, target: Target, payload: dict[str, Any], body: bytes, rec: Record, kind: str
+    ) -> tuple[bytes, bool]:
+        """The bytes to send upstream and whether the gateway added the usage chunk."""
+        changed = False
+        strip_usage = False
+        if target.model != payload["model"]:
+            payload = {**payload, "model": target.model}
+            changed = True
+        if rec.stream and kind == "chat":
+            opts = payload.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                payload = {
+                    **payload,
+                    "stream_options": {**(opts if isinstance(opts, dict) else {}),
+                                       "include_usage": True},
+                }  # fmt: skip
+                changed = strip_usage = True
+        return (orjson.dumps(payload) if changed else body), strip_usage
+
+    async def _forward(
+        self,
+        rec: Record,
+        endpoint: Endpoint,
+        targets: list[Target],
+        payload: dict[str, Any],
+        body: bytes,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        send: Send,
+        upstream_time: list[float],
+    ) -> None:
+        assert self.session is not None
+        last: _UpstreamFailed | None = None
+        last_response: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+        for target in targets:
+            rec.provider = target.provider.name
+            data, strip_usage = self._body_for(target, payload, body, rec, endpoint.kind)
+            total_t, stream_t = self._timeouts[target.provider.name]
+            a0 = time.perf_counter()
+            attempt = Attempt(target.provider.name, target.model, None, "ok", 0.0)
+            rec.attempts.append(attempt)
+            try:
+                resp = await self.session.post(
+                    upstream_url(target.provider, endpoint.path),
+                    data=data,
+                    headers=self._upstream_headers(target, headers),
+                    timeout=stream_t if rec.stream else total_t,
+                )
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                last = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
+            except aiohttp.ClientError as exc:
+                last = _UpstreamFailed(
+                    "connect_error", f"cannot reach {target.provider.name}: {exc}"
+                )
+            else:
+                attempt.status_code = resp.status
+                try:
+                    if (
+                        rec.stream
+                        and resp.status < 300
+                        and resp.content_type == "text/event-stream"
+                    ):
+                        await self._relay_stream(
+                            rec, endpoint, target, resp, strip_usage, receive, send, a0,
+                            upstream_time,
+                        )  # fmt: skip
+                        attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
+                        return
+                    content = await resp.read()
+                except _UpstreamFailed as exc:
+                    last = exc
+                except (TimeoutError, aiohttp.ServerTimeoutError):
+                    last = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
+                except aiohttp.ClientError as exc:
+                    last = _UpstreamFailed(
+                        "connect_error", f"{target.provider.name} broke the connection: {exc}"
+                    )
+                else:
+                    upstream_time[0] += time.perf_counter() - a0
+                    attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
+                    if resp.status == 429 or resp.status >= 500:
+                        attempt.reason = "rate_limited" if resp.status == 429 else "upstream_5xx"
+                        last = None
+                        last_response = (resp.status, content, self._relayed(resp))
+                        continue
+                    if resp.status >= 400:
+                        attempt.reason = "upstream_4xx"
+                    await self._send_blocking(rec, endpoint, target, resp, content, send)
+                    return
+                finally:
+                    resp.release()
+            upstream_time[0] += time.perf_counter() - a0
+            attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
+            attempt.reason = last.reason if last else "error"
+            last_response = None
+        # every target failed
+        if last_response is not None:
+            status, content, extra = last_response
+            rec.status_code, rec.status = status, "error"
+            rec.error_type, rec.error_message = _upstream_error_message(content)
+            rec.error_type = rec.error_type or (
+                "rate_limited" if status == 429 else "upstream_error"
+            )
+            if self.keep_content:
+                rec.response_body = content
+            await self._respond(send, rec, status, content, extra, rec.model_requested)
+            return
+        assert last is not None
+        if last.reason == "timeout":
+            raise GatewayError(504, f"upstream timeout: {last}", "upstream_timeout")
+        raise GatewayError(502, f"upstream unavailable: {last}", "upstream_unavailable")
+
+    @staticmethod
+    def _relayed(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+        out = []
+        for name, value in resp.headers.items():
+            if name.lower() in _RELAY_HEADERS:
+                out.append((name.lower().encode(), value.encode("latin-1")))
+        return out
+
+    def _headers(
+        self, rec: Record, model: str | None, content_type: bytes
+    ) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", content_type),
+            (b"x-gatewatch-request-id", rec.id.encode()),
+            (b"x-gatewatch-provider", (rec.provider or "").encode()),
+            (b"x-gatewatch-model", (model or "").encode("utf-8", "replace")),
+            (b"x-gatewatch-attempts", str(len(rec.attempts)).encode()),
+        ]
+
+    async def _respond(
+        self,
+        send: Send,
+        rec: Record,
+        status: int,
+        content: bytes,
+        extra: list[tuple[bytes, bytes]],
+        model: str | None,
+        content_type: bytes = _JSON,
+    ) -> None:
+        hdrs = self._headers(rec, model, content_type)
+        hdrs.append((b"content-length", str(len(content)).encode()))
+        if rec.cost_usd is not None:
+            hdrs.append(
+                (
+                    b"x-gatewatch-cost-usd",
+                    f"{rec.cost_usd:.10f}".rstrip("0").rstrip(".").encode() or b"0",
+                )
+            )
+        hdrs.extend(extra)
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _send_blocking(
+        self,
+        rec: Record,
+        endpoint: Endpoint,
+        target: Target,
+        resp: aiohttp.ClientResponse,
+        content: bytes,
+        send: Send,
+    ) -> None:
+        rec.status_code = resp.status
+        rec.status = _status_of(resp.status)
+        if resp.status >= 400:
+            rec.error_type, rec.error_message = _upstream_error_message(content)
+            rec.error_type = rec.error_type or "upstream_error"
+        else:
+            try:
+                parsed: Any = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                parsed = None
+            model, usage, calls = read_blocking(endpoint.kind, parsed)
+            rec.model = model or target.model
+            rec.tool_calls = calls
+            self._account(rec, target, usage)
+        if self.keep_content:
+            rec.response_body = content
+        ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
+        await self._respond(
+            send, rec, resp.status, content, self._relayed(resp), rec.model or target.model, ctype
+        )
+
+    def _account(self, rec: Record, target: Target, usage: Usage) -> None:
+        rec.input_tokens = usage.input_tokens
+        rec.output_tokens = usage.output_tokens
+        rec.cache_read_tokens = usage.cache_read_tokens
+        rec.cache_write_tokens = usage.cache_write_tokens
+        rec.reasoning_tokens = usage.reasoning_tokens
+        rec.cost_usd = self.prices.cost(target.provider, rec.model or target.model, usage)
+
+    async def _relay_stream(
+        self,
+        rec: Record,
+        endpoint: Endpoint,
+        target: Target,
+        resp: aiohttp.ClientResponse,
+        strip_usage: bool,
+        receive: Receive,
+        send: Send,
+        a0: float,
+        upstream_time: list[float],
+    ) -> None:
+        parser = SSEParser()
+        reader = stream_reader(endpoint.kind, strip_usage)
+        filtering = strip_usage
+
+        def take(chunk: bytes) -> bytes:
+            events = parser.feed(chunk)
+            if not filtering:
+                for ev in events:
+                    reader.on_event(ev.event, ev.data)
+                return chunk
+            out = [ev.raw for ev in events if not reader.on_event(ev.event, ev.data)]
+            return b"".join(out)
+
+        # The first chunk decides: failover is still possible until a byte reaches the client.
+        try:
+            first = await resp.content.readany()
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise _UpstreamFailed("timeout", f"{target.provider.name} timed out") from None
+        except aiohttp.ClientError as exc:
+            raise _UpstreamFailed(
+                "connect_error", f"{target.provider.name} broke the stream: {exc}"
+            ) from None
+        if not first:
+            raise _UpstreamFailed("upstream_5xx", f"{target.provider.name} sent an empty stream")
+        rec.ttft_ms = round((time.time() - rec.started) * 1000, 3)
+        out = take(first)
+        rec.status_code = resp.status
+        rec.model = reader.model or target.model
+        hdrs = self._headers(rec, rec.model, b"text/event-stream; charset=utf-8")
+        hdrs.append((b"cache-control", b"no-cache"))
+        hdrs.extend(self._relayed(resp))
+        await send({"type": "http.response.start", "status": resp.status, "headers": hdrs})
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(receive())
+
+        def on_disconnect(task: asyncio.Future[dict[str, Any]]) -> None:
+            if not task.cancelled() and task.result().get("type") == "http.disconnect":
+                gone.set()
+                resp.close()
+
+        watcher.add_done_callback(on_disconnect)
+        broken: str | None = None
+        try:
+            async for chunk in resp.content.iter_any():
+                out = take(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if gone.is_set():
+                    break
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            broken = (
+                f"{target.provider.name} stalled mid-stream"
+                f" (no data for {target.provider.timeout}s)"
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            broken = f"{target.provider.name} broke the stream: {exc or type(exc).__name__}"
+        finally:
+            watcher.remove_done_callback(on_disconnect)
+            if not watcher.done():
+                watcher.cancel()
+            elif not watcher.cancelled() and watcher.result().get("type") == "http.disconnect":
+                gone.set()
+        upstream_time[0] += time.perf_counter() - a0
+        if reader.model:
+            rec.model = reader.model
+        if gone.is_set():
+            rec.status, rec.status_code = "client_closed", 499
+            rec.error_type, rec.error_message = "client_closed", "client closed the stream"
+        elif broken is not None or (not reader.done and reader.error is None and endpoint.kind
+                                    in ("chat", "messages", "responses")):  # fmt: skip
+            broken = broken or f"{target.provider.name} ended the stream before it was complete"
+            rec.status, rec.error_type, rec.error_message = (
+                "error",
+                "upstream_stream_broken",
+                broken,
+            )
+            try:
+                err = GatewayError(502, broken, "upstream_stream_broken")
+                await send({
+                    "type": "http.response.body",
+                    "body": sse_error_event(endpoint.family, err),
+                    "more_body": True,
+                })  # fmt: skip
+            except Exception:
+                pass
+        elif reader.error is not None:
+            rec.status, rec.error_type, rec.error_message = "error", "upstream_error", reader.error
+        else:
+            rec.status = "ok"
+        if not gone.is_set():
+            try:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:
+                rec.status = "client_closed"
+        rec.tool_calls = reader.tool_calls()
+        self._account(rec, target, reader.usage)
+        if self.keep_content:
+            rec.response_body = reader.message()
+        self.metrics.ttft.observe((rec.ttft_ms or 0) / 1000)
+
+    async def _models(
+        self,
+        rec: Record,
+        send: Send,
+        pname: str | None,
+        headers: dict[bytes, bytes],
+        upstream_time: list[float],
+    ) -> None:
+        aliases = self.router.aliases
+        if pname is None and aliases is not None:
+            now = int(time.time())
+            data = [
+                {"id": name, "object": "model", "created": now, "owned_by": t[0].provider.name}
+                for name, t in sorted(aliases.items())
+            ]
+            content = orjson.dumps({"object": "list", "data": data})
+            rec.status_code, rec.status = 200, "ok"
+            await self._respond(send, rec, 200, content, [], None)
+            return
+        target = self.router.resolve("openai", "", pname)[0]
+        rec.provider = target.provider.name
+        assert self.session is not None
+        a0 = time.perf_counter()
+        attempt = Attempt(target.provider.name, "", None, "ok", 0.0)
+        rec.attempts.append(attempt)
+        try:
+            async with self.session.get(
+                upstream_url(target.provider, "/v1/models"),
+                headers=self._upstream_headers(target, headers),
+                timeout=self._timeouts[target.provider.name][0],
+            ) as resp:
+                content = await resp.read()
+                attempt.status_code = resp.status
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            attempt.reason = "timeout"
+            raise GatewayError(
+                504, f"upstream timeout: {target.provider.name}", "upstream_timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            attempt.reason = "connect_error"
+            raise GatewayError(
+                502, f"upstream unavailable: {exc}", "upstream_unavailable"
+            ) from None
+        finally:
+            upstream_time[0] += time.perf_counter() - a0
+            attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
+        rec.status_code, rec.status = resp.status, _status_of(resp.status)
+        await self._respond(send, rec, resp.status, content, [], None)
+
+    async def _send_error(self, send: Send, rec: Record, family: Family, err: GatewayError) -> None:
+        rec.status_code, rec.status = err.status, "error"
+        rec.error_type, rec.error_message = err.code, err.message
+        body = error_body(family, err)
+        hdrs = self._headers(rec, rec.model, _JSON)
+        hdrs.append((b"content-length", str(len(body)).encode()))
+        hdrs.extend(err.headers)
+        await send({"type": "http.response.start", "status": err.status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": body})
+
+    def _finish(self, rec: Record, t0: float, upstream_seconds: float) -> None:
+        elapsed = time.perf_counter() - t0
+        rec.ended = rec.started + elapsed
+        self.writer.submit(rec)
+        m = self.metrics
+        key = (rec.provider or "", rec.model or rec.model_requested or "", rec.status_code)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = m.requests.labels(key[0], key[1], str(key[2]))
+            if len(self._request_counters) < 10_000:
+                self._request_counters[key] = counter
+        counter.inc()
+        m.duration.observe(elapsed)
+        m.overhead.observe(max(elapsed - upstream_seconds, 0.0))
+        if rec.input_tokens or rec.output_tokens:
+            m.tokens.labels(key[0], key[1], "input").inc(rec.input_tokens or 0)
+            m.tokens.labels(key[0], key[1], "output").inc(rec.output_tokens or 0)
+            if rec.cache_read_tokens:
+                m.tokens.labels(key[0], key[1], "cache_read").inc(rec.cache_read_tokens)
+            if rec.cache_write_tokens:
+                m.tokens.labels(key[0], key[1], "cache_write").inc(rec.cache_write_tokens)
+            if rec.reasoning_tokens:
+                m.tokens.labels(key[0], key[1], "reasoning").inc(rec.reasoning_tokens)
+        if rec.cost_usd:
+            m.cost.labels(key[0], key[1]).inc(rec.cost_usd)

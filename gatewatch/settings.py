@@ -1,0 +1,268 @@
+"""The one declared settings model (§G): YAML file, ``${ENV}`` interpolation, validation."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+__all__ = [
+    "CircuitBreakerSettings",
+    "ConfigError",
+    "LimitsSettings",
+    "PriceOverride",
+    "ProviderSettings",
+    "RetentionSettings",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+]
+
+_DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the bad field."""
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``1h``, ``250ms`` or a bare number of seconds → seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProviderSettings(_Section):
+    name: str = Field(description="Used in /{name}/v1/… routes and in model targets")
+    type: Literal["openai", "anthropic", "openai-compatible"] = Field(
+        description="Wire format the provider speaks"
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="As the provider's SDK takes it: OpenAI with /v1, Anthropic without",
+    )
+    api_key: SecretStr | None = Field(default=None, description="The provider credential")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds before an attempt times out")
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers sent upstream (e.g. Azure's api-key)"
+    )
+    pricing_provider: str | None = Field(
+        default=None,
+        description="Price-table provider id for an openai-compatible provider (e.g. openrouter)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_path_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v) or v in {"v1", "api", "ui"}:
+            raise ValueError("must be letters, digits, '-', '_' or '.', and not v1/api/ui")
+        return v
+
+    @property
+    def url(self) -> str:
+        default = _DEFAULT_BASE_URLS.get(self.type, "")
+        return (self.base_url or default).rstrip("/")
+
+    @property
+    def family(self) -> Literal["openai", "anthropic"]:
+        return "anthropic" if self.type == "anthropic" else "openai"
+
+
+class RetentionSettings(_Section):
+    days: int = Field(default=60, ge=0, description="Days request records are kept (0 = forever)")
+    content_days: int = Field(default=30, ge=0, description="Days bodies are kept (0 = forever)")
+    aggregate_days: int = Field(default=400, ge=0, description="Days usage aggregates are kept")
+
+
+class LimitsSettings(_Section):
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Largest request body")
+
+
+class CircuitBreakerSettings(_Section):
+    failure_threshold: int = Field(default=5, ge=1)
+    cooldown: float = Field(default=30.0, description="Seconds an open target is skipped")
+
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class PriceOverride(_Section):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+    reasoning: float | None = Field(default=None, ge=0, description="Defaults to the output rate")
+
+
+class Settings(_Section):
+    admin_key: SecretStr | None = Field(default=None, description="Bootstrap key, owner role")
+    database: str = Field(default="sqlite:///gatewatch.db", description="sqlite:///path")
+    redis: str | None = Field(default=None, description="Shared counters (several workers/nodes)")
+    analytics: str | None = Field(default=None, description="clickhouse://… for records at scale")
+    content: Literal["full", "metadata_only"] = "full"
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    providers: list[ProviderSettings] = Field(default_factory=list)
+    models: dict[str, list[str]] | None = Field(
+        default=None, description="Model name → ordered 'provider/model' failover targets"
+    )
+    prices: dict[str, PriceOverride] = Field(
+        default_factory=dict, description="'provider/model' → price override (USD per Mtok)"
+    )
+    record_queue_size: int = Field(
+        default=50_000, ge=1, description="Records waiting to be stored before new ones are dropped"
+    )
+    record_batch_size: int = Field(default=500, ge=1, description="Records per insert transaction")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_names(cls, v: list[ProviderSettings]) -> list[ProviderSettings]:
+        seen: set[str] = set()
+        for p in v:
+            if p.name in seen:
+                raise ValueError(f"provider name {p.name!r} is used twice")
+            seen.add(p.name)
+        return v
+
+    @field_validator("database")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError("only sqlite:///path is supported by this build")
+        return v
+
+    def provider(self, name: str) -> ProviderSettings | None:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        return None
+
+    def check_model_targets(self) -> None:
+        """Every ``models`` target must name a configured provider."""
+        for alias, targets in (self.models or {}).items():
+            if not targets:
+                raise ConfigError(f"models.{alias}: needs at least one 'provider/model' target")
+            for i, target in enumerate(targets):
+                provider, sep, model = target.partition("/")
+                if not sep or not model:
+                    raise ConfigError(f"models.{alias}[{i}]: {target!r} is not 'provider/model'")
+                if self.provider(provider) is None:
+                    raise ConfigError(
+                        f"models.{alias}[{i}]: no provider named {provider!r} is configured"
+                    )
+
+    @property
+    def sqlite_path(self) -> str:
+        return self.database.removeprefix("sqlite:///")
+
+
+def _interpolate(value: Any, env: dict[str, str], path: str) -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path or 'config'}: environment variable {name} is not set")
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _env_defaults(env: dict[str, str]) -> dict[str, Any]:
+    providers: list[dict[str, Any]] = []
+    if env.get("OPENAI_API_KEY"):
+        providers.append({"name": "openai", "type": "openai", "api_key": env["OPENAI_API_KEY"]})
+        if env.get("OPENAI_BASE_URL"):
+            providers[-1]["base_url"] = env["OPENAI_BASE_URL"]
+    if env.get("ANTHROPIC_API_KEY"):
+        providers.append(
+            {"name": "anthropic", "type": "anthropic", "api_key": env["ANTHROPIC_API_KEY"]}
+        )
+        if env.get("ANTHROPIC_BASE_URL"):
+            providers[-1]["base_url"] = env["ANTHROPIC_BASE_URL"]
+    return {"providers": providers}
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])
+        loc = loc.replace(".[", "[")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc or 'config'}: {msg}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read the YAML file at ``path`` (or ``GATEWATCH_CONFIG``, or ``./gatewatch.yaml`` when it
+    exists); with none, start from the environment's provider keys."""
+    env = dict(os.environ if env is None else env)
+    if path is None:
+        path = env.get("GATEWATCH_CONFIG") or (
+            "gatewatch.yaml" if Path("gatewatch.yaml").exists() else None
+        )
+    raw: dict[str, Any]
+    if path is None:
+        raw = _env_defaults(env)
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        raw = _interpolate(loaded, env, "")
+    if "admin_key" not in raw and env.get("GATEWATCH_ADMIN_KEY"):
+        raw["admin_key"] = env["GATEWATCH_ADMIN_KEY"]
+    raw.update(overrides or {})
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    settings.check_model_targets()
+    return settings

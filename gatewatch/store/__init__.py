@@ -1,0 +1,26 @@
+"""The record store: one interface, several engines (SQLite is the reference)."""
+
+from gatewatch.store.base import Identity, Page, Store, StoreError
+from gatewatch.store.query import FilterError, RequestQuery, Scope, parse_filters
+from gatewatch.store.sqlite import SQLiteStore
+from gatewatch.store.writer import RecordWriter
+
+__all__ = [
+    "FilterError",
+    "Identity",
+    "Page",
+    "RecordWriter",
+    "RequestQuery",
+    "SQLiteStore",
+    "Scope",
+    "Store",
+    "StoreError",
+    "open_store",
+    "parse_filters",
+]
+
+
+def open_store(database: str) -> Store:
+    if database.startswith("sqlite:///"):
+        return SQLiteStore(database.removeprefix("sqlite:///"))
+    raise ValueError(f"unsupported database URL: {database}")

@@ -1,0 +1,104 @@
+"""The store interface every engine implements (SQLite is the reference)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gatewatch.records import Record
+from gatewatch.store.query import RequestQuery, Scope
+
+__all__ = ["Identity", "Page", "Store", "StoreError"]
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done (conflict, not found); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Everything the proxy needs to know about a presented key, cached in memory."""
+
+    key_id: str
+    key_name: str
+    user_id: str
+    user_name: str
+    org_id: str
+    org_name: str
+    role: str
+    revoked: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        role = self.role if self.role in ("member", "admin", "owner") else "member"
+        return Scope(role, self.org_id, self.user_id)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class Page:
+    count: int
+    results: list[dict[str, Any]]
+    next_after_id: str | None
+
+
+class Store(abc.ABC):
+    """Methods are synchronous and thread-safe; callers on an event loop run them in a thread."""
+
+    @abc.abstractmethod
+    def migrate(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # request records
+    @abc.abstractmethod
+    def insert_records(self, records: Sequence[Record]) -> None: ...
+
+    @abc.abstractmethod
+    def list_requests(
+        self, scope: Scope, query: RequestQuery, limit: int, after_id: str | None
+    ) -> Page: ...
+
+    @abc.abstractmethod
+    def get_request(self, scope: Scope, request_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def iter_requests(
+        self, scope: Scope, query: RequestQuery, page_size: int = 1000
+    ) -> Iterator[dict[str, Any]]: ...
+
+    # identities
+    @abc.abstractmethod
+    def identity_for_hash(self, key_hash: str) -> Identity | None: ...
+
+    @abc.abstractmethod
+    def keys_version(self) -> int: ...
+
+    @abc.abstractmethod
+    def ensure_key(
+        self, *, key_id: str, name: str, key_hash: str, user: str, org: str, role: str
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def create_key(
+        self, fields: dict[str, Any], key_hash: str, key_prefix: str
+    ) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def list_entities(self, kind: str, scope: Scope, limit: int, after_id: str | None) -> Page: ...
+
+    @abc.abstractmethod
+    def get_entity(self, kind: str, scope: Scope, entity_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def update_entity(
+        self, kind: str, scope: Scope, entity_id: str, fields: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def create_entity(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def revoke_entity(self, kind: str, scope: Scope, entity_id: str) -> dict[str, Any] | None: ...

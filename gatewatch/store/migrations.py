@@ -1,0 +1,129 @@
+"""Named, ordered schema migrations, recorded in ``_migrations`` and applied at start.
+
+Each migration is a small function taking a DB-API connection; add new ones at the end and never
+edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+__all__ = ["MIGRATIONS", "apply_migrations"]
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def m001_identities(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE orgs (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            budget_usd REAL, budget_period TEXT NOT NULL DEFAULT 'month',
+            rpm INTEGER, tpm INTEGER,
+            created_at TEXT NOT NULL, revoked_at TEXT
+        );
+        CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            name TEXT NOT NULL,
+            budget_usd REAL, budget_period TEXT NOT NULL DEFAULT 'month',
+            rpm INTEGER, tpm INTEGER,
+            created_at TEXT NOT NULL, revoked_at TEXT,
+            UNIQUE (org_id, name)
+        );
+        CREATE INDEX users_name ON users(name);
+        CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            key_prefix TEXT NOT NULL,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            role TEXT NOT NULL,
+            budget_usd REAL, budget_period TEXT NOT NULL DEFAULT 'month',
+            rpm INTEGER, tpm INTEGER,
+            created_at TEXT NOT NULL, revoked_at TEXT
+        );
+        CREATE INDEX keys_user ON keys(user_id);
+        CREATE INDEX keys_org ON keys(org_id);
+        CREATE INDEX keys_name ON keys(name);
+        CREATE TABLE settings_version (name TEXT PRIMARY KEY, version INTEGER NOT NULL);
+        INSERT INTO settings_version VALUES ('keys', 0);
+        """
+    )
+
+
+def m002_requests(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            started_at TEXT NOT NULL, ended_at TEXT NOT NULL,
+            duration_ms REAL NOT NULL, ttft_ms REAL,
+            org_id TEXT, org TEXT, user_id TEXT, user TEXT,
+            api_key_id TEXT, api_key_name TEXT,
+            end_user TEXT, session TEXT, workflow TEXT, client TEXT, user_agent TEXT,
+            source_ip TEXT, correlation_id TEXT, endpoint TEXT NOT NULL,
+            provider TEXT, model_requested TEXT, model TEXT, stream INTEGER NOT NULL,
+            status_code INTEGER NOT NULL, status TEXT NOT NULL,
+            error_type TEXT, error_message TEXT,
+            input_tokens INTEGER, output_tokens INTEGER,
+            cache_read_tokens INTEGER, cache_write_tokens INTEGER, reasoning_tokens INTEGER,
+            cost_usd REAL,
+            tags TEXT, meta TEXT, last_user_prompt TEXT, tool_calls TEXT, attempts TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX requests_org ON requests(org_id, id);
+        CREATE INDEX requests_user ON requests(user_id, id);
+        CREATE INDEX requests_key ON requests(api_key_id, id);
+        CREATE INDEX requests_provider ON requests(provider, id);
+        CREATE INDEX requests_model ON requests(model, id);
+        CREATE INDEX requests_model_requested ON requests(model_requested, id);
+        CREATE INDEX requests_status ON requests(status, id);
+        CREATE INDEX requests_status_code ON requests(status_code, id);
+        CREATE INDEX requests_client ON requests(client, id);
+        CREATE INDEX requests_workflow ON requests(workflow, id);
+        CREATE INDEX requests_session ON requests(session, id);
+        CREATE INDEX requests_end_user ON requests(end_user, id);
+        CREATE TABLE request_tags (
+            tag TEXT NOT NULL, request_id TEXT NOT NULL,
+            PRIMARY KEY (tag, request_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX request_tags_request ON request_tags(request_id);
+        CREATE TABLE request_meta (
+            name TEXT NOT NULL, value TEXT NOT NULL, request_id TEXT NOT NULL,
+            PRIMARY KEY (name, value, request_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX request_meta_request ON request_meta(request_id);
+        CREATE TABLE request_bodies (
+            request_id TEXT PRIMARY KEY,
+            request_body TEXT, response_body TEXT
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("m001_identities", m001_identities),
+    ("m002_requests", m002_requests),
+]
+
+
+def apply_migrations(db: sqlite3.Connection) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied now."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        fn(db)
+        db.execute(
+            "INSERT INTO _migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))", (name,)
+        )
+        db.commit()
+        applied.append(name)
+    return applied

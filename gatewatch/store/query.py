@@ -1,0 +1,200 @@
+"""What a caller may see (Scope) and what it asked for (RequestQuery), as parameterised SQL.
+
+Filters are a declarative table: each §A1 filter name maps to a function producing one SQL
+condition for a list of values (several values of one filter are OR-ed, different filters are
+AND-ed). Every read path over request records builds its WHERE clause here, scope first.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ulid import ULID
+
+from gatewatch.records import parse_ts
+
+__all__ = ["FILTER_NAMES", "FilterError", "RequestQuery", "Scope", "parse_filters"]
+
+Role = Literal["member", "admin", "owner"]
+
+
+class FilterError(ValueError):
+    """A bad query parameter; ``param`` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The records a key may see: member → its user's, admin → its org's, owner → all."""
+
+    role: Role
+    org_id: str
+    user_id: str
+
+    def clause(self, alias: str = "r") -> tuple[str, list[object]]:
+        if self.role == "owner":
+            return "1=1", []
+        if self.role == "admin":
+            return f"{alias}.org_id = ?", [self.org_id]
+        return f"{alias}.user_id = ?", [self.user_id]
+
+
+Condition = tuple[str, list[object]]
+
+
+def _in(column: str) -> Callable[[list[str], Scope], Condition]:
+    def build(values: list[str], scope: Scope) -> Condition:
+        marks = ",".join("?" * len(values))
+        return f"r.{column} IN ({marks})", list(values)
+
+    return build
+
+
+def _model(values: list[str], scope: Scope) -> Condition:
+    marks = ",".join("?" * len(values))
+    return f"(r.model IN ({marks}) OR r.model_requested IN ({marks}))", [*values, *values]
+
+
+def _initiator(values: list[str], scope: Scope) -> Condition:
+    ids = [scope.user_id for v in values if v == "me"]
+    names = [v for v in values if v != "me"]
+    parts, params = [], []
+    if ids:
+        parts.append("r.user_id = ?")
+        params.append(ids[0])
+    if names:
+        marks = ",".join("?" * len(names))
+        parts.append(
+            f"r.user_id IN (SELECT id FROM users WHERE id IN ({marks}) OR name IN ({marks}))"
+        )
+        params.extend([*names, *names])
+    return "(" + " OR ".join(parts) + ")", params
+
+
+def _by_id_or_name(column: str, table: str) -> Callable[[list[str], Scope], Condition]:
+    def build(values: list[str], scope: Scope) -> Condition:
+        marks = ",".join("?" * len(values))
+        sql = f"r.{column} IN (SELECT id FROM {table} WHERE id IN ({marks}) OR name IN ({marks}))"
+        return sql, [*values, *values]
+
+    return build
+
+
+def _tag(values: list[str], scope: Scope) -> Condition:
+    marks = ",".join("?" * len(values))
+    return f"r.id IN (SELECT request_id FROM request_tags WHERE tag IN ({marks}))", list(values)
+
+
+def _status(values: list[str], scope: Scope) -> Condition:
+    for v in values:
+        if v not in ("ok", "error", "client_closed"):
+            raise FilterError("status", f"{v!r} is not one of ok, error, client_closed")
+    return _in("status")(values, scope)
+
+
+def _status_code(values: list[str], scope: Scope) -> Condition:
+    for v in values:
+        if not v.isdigit() or not 100 <= int(v) <= 599:
+            raise FilterError("status_code", f"{v!r} is not an HTTP status code")
+    marks = ",".join("?" * len(values))
+    return f"r.status_code IN ({marks})", [int(v) for v in values]
+
+
+def _time_bound(param: str, op: str) -> Callable[[list[str], Scope], Condition]:
+    def build(values: list[str], scope: Scope) -> Condition:
+        if len(values) != 1:
+            raise FilterError(param, "give it once")
+        try:
+            ts = parse_ts(values[0])
+        except ValueError:
+            raise FilterError(param, f"{values[0]!r} is not an RFC 3339 time") from None
+        # ids are ULIDs that start with the request's start time: a range on the primary key.
+        edge = str(ULID.from_bytes(ULID.from_timestamp(ts).bytes[:6] + b"\x00" * 10))
+        return (f"r.id {op} ?", [edge])
+
+    return build
+
+
+_FILTERS: dict[str, Callable[[list[str], Scope], Condition]] = {
+    "initiator": _initiator,
+    "org": _by_id_or_name("org_id", "orgs"),
+    "api_key": _by_id_or_name("api_key_id", "keys"),
+    "provider": _in("provider"),
+    "model": _model,
+    "status": _status,
+    "status_code": _status_code,
+    "client": _in("client"),
+    "workflow": _in("workflow"),
+    "session": _in("session"),
+    "tag": _tag,
+    "end_user": _in("end_user"),
+    "started_after": _time_bound("started_after", ">="),
+    "started_before": _time_bound("started_before", "<"),
+}
+FILTER_NAMES: tuple[str, ...] = (*_FILTERS, "meta.<name>")
+
+
+@dataclass(slots=True)
+class RequestQuery:
+    """Filters by name → values (meta filters as ``meta.<name>``)."""
+
+    filters: dict[str, list[str]] = field(default_factory=dict)
+
+    def where(self, scope: Scope) -> tuple[str, list[object]]:
+        sql, params = scope.clause()
+        parts, all_params = [sql], list(params)
+        for name, values in self.filters.items():
+            if name.startswith("meta."):
+                marks = ",".join("?" * len(values))
+                cond: Condition = (
+                    "r.id IN (SELECT request_id FROM request_meta "
+                    f"WHERE name = ? AND value IN ({marks}))",
+                    [name[5:], *values],
+                )
+            else:
+                cond = _FILTERS[name](values, scope)
+            parts.append(cond[0])
+            all_params.extend(cond[1])
+        return " AND ".join(parts), all_params
+
+
+def parse_filters(
+    params: Iterable[tuple[str, str]], ignore: Iterable[str] = (), q: str | None = None
+) -> RequestQuery:
+    """Query parameters (name, value) and an optional ``q=key:value …`` string → RequestQuery.
+
+    Raises FilterError naming the first bad parameter."""
+    skip = set(ignore)
+    filters: dict[str, list[str]] = {}
+
+    def add(name: str, value: str, origin: str) -> None:
+        if name not in _FILTERS and not (name.startswith("meta.") and len(name) > 5):
+            raise FilterError(origin, f"unknown filter {name!r}; known: {', '.join(FILTER_NAMES)}")
+        if value == "":
+            raise FilterError(origin, "empty value")
+        filters.setdefault(name, []).append(value)
+
+    for name, value in params:
+        if name in skip or name == "q":
+            continue
+        add(name, value, name)
+    if q:
+        try:
+            terms = shlex.split(q)
+        except ValueError as exc:
+            raise FilterError("q", f"cannot parse: {exc}") from None
+        for term in terms:
+            name, sep, value = term.partition(":")
+            if not sep:
+                raise FilterError("q", f"{term!r} is not key:value")
+            add(name, value, "q")
+    query = RequestQuery(filters)
+    # validate values now (status, status_code, times) so errors surface as 400
+    query.where(Scope("owner", "", ""))
+    return query

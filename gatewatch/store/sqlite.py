@@ -1,0 +1,460 @@
+"""The SQLite engine: one file, WAL, one write connection behind a lock, a read connection per
+thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gatewatch.records import COLUMNS, Record, format_ts, new_id
+from gatewatch.store.base import Identity, Page, Store, StoreError
+from gatewatch.store.migrations import apply_migrations
+from gatewatch.store.query import RequestQuery, Scope
+
+__all__ = ["SQLiteStore"]
+
+_LIST_COLUMNS = [c for c in COLUMNS if c not in ("request_body", "response_body")]
+_SELECT = ", ".join(f"r.{c}" for c in _LIST_COLUMNS)
+_JSON_COLUMNS = {"tags", "meta", "tool_calls", "attempts"}
+_INSERT = (
+    "INSERT OR IGNORE INTO requests (id, started_at, ended_at, duration_ms, ttft_ms, org_id, org,"
+    " user_id, user, api_key_id, api_key_name, end_user, session, workflow, client, user_agent,"
+    " source_ip, correlation_id, endpoint, provider, model_requested, model, stream, status_code,"
+    " status, error_type, error_message, input_tokens, output_tokens, cache_read_tokens,"
+    " cache_write_tokens, reasoning_tokens, cost_usd, tags, meta, last_user_prompt, tool_calls,"
+    " attempts) VALUES (" + ",".join("?" * 38) + ")"
+)
+
+_ENTITY_TABLES = {"keys": "keys", "users": "users", "orgs": "orgs"}
+_ID_PREFIX = {"keys": "key_", "users": "usr_", "orgs": "org_"}
+_UPDATABLE = {
+    "keys": {"name", "role", "budget_usd", "budget_period", "rpm", "tpm"},
+    "users": {"budget_usd", "budget_period", "rpm", "tpm"},
+    "orgs": {"budget_usd", "budget_period", "rpm", "tpm"},
+}
+_ENTITY_SELECT = {
+    "keys": (
+        "SELECT k.id, k.name, k.key_prefix, u.name AS user, k.user_id, o.name AS org, k.org_id,"
+        " k.role, k.budget_usd, k.budget_period, k.rpm, k.tpm, k.created_at, k.revoked_at"
+        " FROM keys k JOIN users u ON u.id = k.user_id JOIN orgs o ON o.id = k.org_id"
+    ),
+    "users": (
+        "SELECT u.id, u.name, o.name AS org, u.org_id, u.budget_usd, u.budget_period, u.rpm,"
+        " u.tpm, u.created_at, u.revoked_at FROM users u JOIN orgs o ON o.id = u.org_id"
+    ),
+    "orgs": (
+        "SELECT o.id, o.name, o.budget_usd, o.budget_period, o.rpm, o.tpm, o.created_at,"
+        " o.revoked_at FROM orgs o"
+    ),
+}
+# Which rows of each kind a scope sees: owner all, admin its org, member its own user.
+_ENTITY_SCOPE = {
+    "keys": ("k.org_id = ?", "k.user_id = ?"),
+    "users": ("u.org_id = ?", "u.id = ?"),
+    "orgs": ("o.id = ?", "o.id = ?"),
+}
+_ALIAS = {"keys": "k", "users": "u", "orgs": "o"}
+
+
+def _now() -> str:
+    import time
+
+    return format_ts(time.time())
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return orjson.dumps(value).decode()
+
+
+def _record_row(r: Record) -> tuple[Any, ...]:
+    return (
+        r.id, format_ts(r.started), format_ts(r.ended), r.duration_ms, r.ttft_ms, r.org_id,
+        r.org, r.user_id, r.user, r.api_key_id, r.api_key_name, r.end_user, r.session,
+        r.workflow, r.client, r.user_agent, r.source_ip, r.correlation_id, r.endpoint,
+        r.provider, r.model_requested, r.model, int(r.stream), r.status_code, r.status,
+        r.error_type, r.error_message, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+        r.cache_write_tokens, r.reasoning_tokens, r.cost_usd,
+        orjson.dumps(r.tags).decode() if r.tags else "[]",
+        orjson.dumps(r.meta).decode() if r.meta else "{}",
+        r.last_user_prompt,
+        orjson.dumps([
+            {"name": t.name, "call_id": t.call_id, "arguments": t.arguments} for t in r.tool_calls
+        ]).decode() if r.tool_calls else "[]",
+        orjson.dumps([
+            {"provider": a.provider, "model": a.model, "status_code": a.status_code,
+             "reason": a.reason, "duration_ms": a.duration_ms} for a in r.attempts
+        ]).decode(),
+    )  # fmt: skip
+
+
+def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in zip(columns, row, strict=True):
+        if name in _JSON_COLUMNS and value is not None:
+            value = orjson.loads(value)
+        elif name == "stream":
+            value = bool(value)
+        out[name] = value
+    return out
+
+
+def _body(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._writer = self._connect()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            db.execute("PRAGMA query_only=ON")
+            self._local.db = db
+            with self._readers_lock:
+                self._readers.append(db)
+        return db
+
+    def migrate(self) -> list[str]:
+        with self._write_lock:
+            self._writer.isolation_level = ""
+            try:
+                return apply_migrations(self._writer)
+            finally:
+                self._writer.isolation_level = None
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+    # ---- request records -------------------------------------------------------------------
+
+    def insert_records(self, records: Sequence[Record]) -> None:
+        rows = [_record_row(r) for r in records]
+        tags = [(t, r.id) for r in records for t in r.tags]
+        meta = [(k, v, r.id) for r in records for k, v in r.meta.items()]
+        bodies = [
+            (r.id, _json(r.request_body), _json(r.response_body))
+            for r in records
+            if r.request_body is not None or r.response_body is not None
+        ]
+        with self._write_lock:
+            db = self._writer
+            db.execute("BEGIN")
+            try:
+                db.executemany(_INSERT, rows)
+                if tags:
+                    db.executemany("INSERT OR IGNORE INTO request_tags VALUES (?, ?)", tags)
+                if meta:
+                    db.executemany("INSERT OR IGNORE INTO request_meta VALUES (?, ?, ?)", meta)
+                if bodies:
+                    db.executemany("INSERT OR IGNORE INTO request_bodies VALUES (?, ?, ?)", bodies)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def list_requests(
+        self, scope: Scope, query: RequestQuery, limit: int, after_id: str | None
+    ) -> Page:
+        where, params = query.where(scope)
+        db = self._reader()
+        count = db.execute(f"SELECT count(*) FROM requests r WHERE {where}", params).fetchone()[0]
+        page_where, page_params = where, list(params)
+        if after_id:
+            page_where += " AND r.id < ?"
+            page_params.append(after_id)
+        rows = db.execute(
+            f"SELECT {_SELECT} FROM requests r WHERE {page_where} ORDER BY r.id DESC LIMIT ?",
+            [*page_params, limit + 1],
+        ).fetchall()
+        results = [_to_dict(_LIST_COLUMNS, row) for row in rows[:limit]]
+        next_id = results[-1]["id"] if len(rows) > limit else None
+        return Page(count, results, next_id)
+
+    def get_request(self, scope: Scope, request_id: str) -> dict[str, Any] | None:
+        where, params = scope.clause()
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {_SELECT}, b.request_body, b.response_body FROM requests r"
+                f" LEFT JOIN request_bodies b ON b.request_id = r.id WHERE r.id = ? AND {where}",
+                [request_id, *params],
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        out = _to_dict(_LIST_COLUMNS, row[:-2])
+        out["request_body"] = _body(row[-2])
+        out["response_body"] = _body(row[-1])
+        return out
+
+    def iter_requests(
+        self, scope: Scope, query: RequestQuery, page_size: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        where, params = query.where(scope)
+        db = self._reader()
+        after: str | None = None
+        while True:
+            clause, args = where, list(params)
+            if after is not None:
+                clause += " AND r.id < ?"
+                args.append(after)
+            rows = db.execute(
+                f"SELECT {_SELECT}, b.request_body, b.response_body FROM requests r"
+                f" LEFT JOIN request_bodies b ON b.request_id = r.id"
+                f" WHERE {clause} ORDER BY r.id DESC LIMIT ?",
+                [*args, page_size],
+            ).fetchall()
+            for row in rows:
+                out = _to_dict(_LIST_COLUMNS, row[:-2])
+                out["request_body"] = _body(row[-2])
+                out["response_body"] = _body(row[-1])
+                yield out
+            if len(rows) < page_size:
+                return
+            after = rows[-1][0]
+
+    # ---- identities --------------------------------------------------------------------------
+
+    def identity_for_hash(self, key_hash: str) -> Identity | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT k.id, k.name, u.id, u.name, o.id, o.name, k.role,"
+                " k.revoked_at IS NOT NULL OR u.revoked_at IS NOT NULL OR o.revoked_at IS NOT NULL"
+                " FROM keys k JOIN users u ON u.id = k.user_id JOIN orgs o ON o.id = k.org_id"
+                " WHERE k.key_hash = ?",
+                (key_hash,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return Identity(*row[:7], revoked=bool(row[7]))
+
+    def keys_version(self) -> int:
+        row = (
+            self._reader()
+            .execute("SELECT version FROM settings_version WHERE name = 'keys'")
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("UPDATE settings_version SET version = version + 1 WHERE name = 'keys'")
+
+    def _ensure_org(self, db: sqlite3.Connection, name: str) -> str:
+        row = db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()
+        if row:
+            return str(row[0])
+        org_id = "org_" + new_id()
+        db.execute(
+            "INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)", (org_id, name, _now())
+        )
+        return org_id
+
+    def _ensure_user(self, db: sqlite3.Connection, org_id: str, name: str) -> str:
+        row = db.execute(
+            "SELECT id FROM users WHERE org_id = ? AND name = ?", (org_id, name)
+        ).fetchone()
+        if row:
+            return str(row[0])
+        user_id = "usr_" + new_id()
+        db.execute(
+            "INSERT INTO users (id, org_id, name, created_at) VALUES (?, ?, ?, ?)",
+            (user_id, org_id, name, _now()),
+        )
+        return user_id
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self)
+
+    def ensure_key(
+        self, *, key_id: str, name: str, key_hash: str, user: str, org: str, role: str
+    ) -> None:
+        with self._transaction() as db:
+            org_id = self._ensure_org(db, org)
+            user_id = self._ensure_user(db, org_id, user)
+            db.execute(
+                "INSERT INTO keys (id, name, key_hash, key_prefix, user_id, org_id, role,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " key_hash = excluded.key_hash, role = excluded.role, revoked_at = NULL",
+                (key_id, name, key_hash, "gw-…", user_id, org_id, role, _now()),
+            )
+            self._bump(db)
+
+    def create_key(self, fields: dict[str, Any], key_hash: str, key_prefix: str) -> dict[str, Any]:
+        key_id = "key_" + new_id()
+        with self._transaction() as db:
+            org_id = self._ensure_org(db, fields["org"])
+            user_id = self._ensure_user(db, org_id, fields["user"])
+            db.execute(
+                "INSERT INTO keys (id, name, key_hash, key_prefix, user_id, org_id, role,"
+                " budget_usd, budget_period, rpm, tpm, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key_id, fields.get("name") or fields["user"], key_hash, key_prefix, user_id,
+                    org_id, fields.get("role") or "member", fields.get("budget_usd"),
+                    fields.get("budget_period") or "month", fields.get("rpm"), fields.get("tpm"),
+                    _now(),
+                ),
+            )  # fmt: skip
+            self._bump(db)
+            return self._entity(db, "keys", key_id)
+
+    def create_entity(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self._transaction() as db:
+            if kind == "orgs":
+                if db.execute("SELECT 1 FROM orgs WHERE name = ?", (fields["name"],)).fetchone():
+                    raise StoreError(f"an organization named {fields['name']!r} exists")
+                entity_id = self._ensure_org(db, fields["name"])
+            elif kind == "users":
+                org_id = self._ensure_org(db, fields["org"])
+                if db.execute(
+                    "SELECT 1 FROM users WHERE org_id = ? AND name = ?", (org_id, fields["name"])
+                ).fetchone():
+                    raise StoreError(f"a user named {fields['name']!r} exists in that org")
+                entity_id = self._ensure_user(db, org_id, fields["name"])
+            else:
+                raise StoreError(f"cannot create {kind} this way")
+            updates = {k: v for k, v in fields.items() if k in _UPDATABLE[kind] and v is not None}
+            self._update(db, kind, entity_id, updates)
+            self._bump(db)
+            return self._entity(db, kind, entity_id)
+
+    def _entity(self, db: sqlite3.Connection, kind: str, entity_id: str) -> dict[str, Any]:
+        cur = db.execute(f"{_ENTITY_SELECT[kind]} WHERE {_ALIAS[kind]}.id = ?", (entity_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"{kind} {entity_id} not found")
+        return self._entity_dict(cur, row)
+
+    @staticmethod
+    def _entity_dict(cur: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
+        out = {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+        out["revoked"] = out["revoked_at"] is not None
+        return out
+
+    def _scope_clause(self, kind: str, scope: Scope) -> tuple[str, list[object]]:
+        if scope.role == "owner":
+            return "1=1", []
+        by_org, by_user = _ENTITY_SCOPE[kind]
+        if scope.role == "admin":
+            return by_org, [scope.org_id]
+        return by_user, [scope.user_id if kind != "orgs" else scope.org_id]
+
+    def list_entities(self, kind: str, scope: Scope, limit: int, after_id: str | None) -> Page:
+        where, params = self._scope_clause(kind, scope)
+        alias = _ALIAS[kind]
+        db = self._reader()
+        count = db.execute(
+            f"SELECT count(*) FROM ({_ENTITY_SELECT[kind]} WHERE {where})", params
+        ).fetchone()[0]
+        if after_id:
+            where += f" AND {alias}.id < ?"
+            params = [*params, after_id]
+        cur = db.execute(
+            f"{_ENTITY_SELECT[kind]} WHERE {where} ORDER BY {alias}.id DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+        rows = cur.fetchall()
+        results = [self._entity_dict(cur, row) for row in rows[:limit]]
+        return Page(count, results, results[-1]["id"] if len(rows) > limit else None)
+
+    def get_entity(self, kind: str, scope: Scope, entity_id: str) -> dict[str, Any] | None:
+        where, params = self._scope_clause(kind, scope)
+        cur = self._reader().execute(
+            f"{_ENTITY_SELECT[kind]} WHERE {_ALIAS[kind]}.id = ? AND {where}",
+            [entity_id, *params],
+        )
+        row = cur.fetchone()
+        return None if row is None else self._entity_dict(cur, row)
+
+    def _update(
+        self, db: sqlite3.Connection, kind: str, entity_id: str, fields: dict[str, Any]
+    ) -> None:
+        bad = set(fields) - _UPDATABLE[kind]
+        if bad:
+            raise StoreError(f"cannot change {', '.join(sorted(bad))} of {kind}")
+        if fields:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            db.execute(
+                f"UPDATE {_ENTITY_TABLES[kind]} SET {sets} WHERE id = ?",
+                [*fields.values(), entity_id],
+            )
+
+    def update_entity(
+        self, kind: str, scope: Scope, entity_id: str, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        if self.get_entity(kind, scope, entity_id) is None:
+            return None
+        with self._transaction() as db:
+            self._update(db, kind, entity_id, fields)
+            self._bump(db)
+            return self._entity(db, kind, entity_id)
+
+    def revoke_entity(self, kind: str, scope: Scope, entity_id: str) -> dict[str, Any] | None:
+        if self.get_entity(kind, scope, entity_id) is None:
+            return None
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE {_ENTITY_TABLES[kind]} SET revoked_at = ? WHERE id = ?"
+                " AND revoked_at IS NULL",
+                (_now(), entity_id),
+            )
+            self._bump(db)
+            return self._entity(db, kind, entity_id)
+
+
+class _Tx:
+    """``with store._transaction() as db:`` — the write connection, in one transaction."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._write_lock.acquire()
+        self.store._writer.execute("BEGIN IMMEDIATE")
+        return self.store._writer
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.store._writer.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store._write_lock.release()

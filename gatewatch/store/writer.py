@@ -1,0 +1,154 @@
+"""The record pipeline: the request path enqueues, one thread stores batches in transactions."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from gatewatch.records import Record
+from gatewatch.store.base import Store
+
+__all__ = ["RecordWriter"]
+
+log = logging.getLogger("gatewatch.records")
+_STOP = object()
+_GATEWAY_KEY = re.compile(rb"gw-[A-Za-z0-9_\-]{16,}")
+
+
+class _Redactor:
+    """Removes configured provider keys and gateway keys from stored bodies (§T2)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = [s.encode() for s in secrets if s and len(s) >= 8]
+
+    def __call__(self, body: object) -> object:
+        if body is None:
+            return None
+        import orjson
+
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        if b"gw-" in raw:
+            raw = _GATEWAY_KEY.sub(b"[REDACTED]", raw)
+        for secret in self.secrets:
+            if secret in raw:
+                raw = raw.replace(secret, b"[REDACTED]")
+        return raw
+
+
+class RecordWriter:
+    """A bounded queue in front of ``store.insert_records``.
+
+    ``submit`` never blocks: when the queue is full the record is dropped, logged and counted.
+    ``close`` stores everything still queued before it returns."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_pending: int,
+        batch_size: int,
+        secrets: Iterable[str] = (),
+        on_drop: Callable[[], None] = lambda: None,
+        keep_bodies: bool = True,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._in_flight = 0
+        self._on_drop = on_drop
+        self._redact = _Redactor(secrets)
+        self._keep_bodies = keep_bodies
+        self._last_drop_log = 0.0
+        self.dropped = 0
+        self.stored = 0
+        self._thread = threading.Thread(target=self._run, name="gatewatch-writer", daemon=True)
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + self._in_flight
+
+    def submit(self, record: Record) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            self._on_drop()
+            now = time.monotonic()
+            if now - self._last_drop_log > 5:
+                self._last_drop_log = now
+                log.error(
+                    "record queue full (%d pending): dropped request record %s "
+                    "(%d dropped so far); the database is not keeping up",
+                    self._queue.qsize(),
+                    record.id,
+                    self.dropped,
+                )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Store every queued record, then stop the thread."""
+        if not self._started:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch: list[Record] = []
+            if item is _STOP:
+                stopping = True
+            else:
+                batch.append(item)  # type: ignore[arg-type]
+            while len(batch) < self.batch_size and not stopping:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                self._in_flight = len(batch)
+                self._store(batch)
+                self._in_flight = 0
+        # drain whatever raced in behind the stop marker
+        rest = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                rest.append(item)
+        if rest:
+            self._store(rest)  # type: ignore[arg-type]
+
+    def _store(self, batch: list[Record]) -> None:
+        for r in batch:
+            if self._keep_bodies:
+                r.request_body = self._redact(r.request_body)
+                r.response_body = self._redact(r.response_body)
+            else:
+                r.request_body = r.response_body = r.last_user_prompt = None
+        delay = 0.05
+        while True:
+            try:
+                self.store.insert_records(batch)
+                self.stored += len(batch)
+                return
+            except Exception:
+                log.exception("storing %d records failed; retrying in %.1fs", len(batch), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
