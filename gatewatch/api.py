@@ -7,9 +7,10 @@ records, admin → its organization's, owner → all. Out-of-scope rows answer 4
 import asyncio
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -19,6 +20,11 @@ from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filt
 __all__ = ["ApiError", "create_api"]
 
 _PAGE_PARAMS = ("limit", "after_id", "q")
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class ApiError(Exception):
@@ -83,7 +89,7 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
         version="1",
         docs_url=None,
         redoc_url=None,
-        default_response_class=ORJSONResponse,
+        default_response_class=_JSON,
     )
 
     @app.exception_handler(ApiError)

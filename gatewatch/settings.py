@@ -135,7 +135,7 @@ class Settings(_Section):
     record_queue_size: int = Field(
         default=50_000, ge=1, description="Records waiting to be stored before new ones are dropped"
     )
-    record_batch_size: int = Field(default=500, ge=1, description="Records per insert transaction")
+    record_batch_size: int = Field(default=64, ge=1, description="Records per insert transaction")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("providers")

@@ -54,7 +54,16 @@ class Store(abc.ABC):
 
     # request records
     @abc.abstractmethod
-    def insert_records(self, records: Sequence[Record]) -> None: ...
+    def prepare(self, record: Record) -> object:
+        """Turn a record into what ``insert_prepared`` stores (cheap; runs on the request path,
+        so the writer thread spends its time in the database, not in Python)."""
+
+    @abc.abstractmethod
+    def insert_prepared(self, batch: Sequence[object]) -> None:
+        """Store prepared records in one transaction; storing one twice is harmless."""
+
+    def insert_records(self, records: Sequence[Record]) -> None:
+        self.insert_prepared([self.prepare(r) for r in records])
 
     @abc.abstractmethod
     def list_requests(

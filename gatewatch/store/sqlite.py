@@ -96,6 +96,11 @@ def _record_row(r: Record) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+_Prepared = tuple[
+    tuple[Any, ...], list[tuple[str, str]], list[tuple[str, str, str]], tuple[str, Any, Any] | None
+]
+
+
 def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in zip(columns, row, strict=True):
@@ -163,15 +168,23 @@ class SQLiteStore(Store):
 
     # ---- request records -------------------------------------------------------------------
 
-    def insert_records(self, records: Sequence[Record]) -> None:
-        rows = [_record_row(r) for r in records]
-        tags = [(t, r.id) for r in records for t in r.tags]
-        meta = [(k, v, r.id) for r in records for k, v in r.meta.items()]
-        bodies = [
-            (r.id, _json(r.request_body), _json(r.response_body))
-            for r in records
-            if r.request_body is not None or r.response_body is not None
-        ]
+    def prepare(self, record: Record) -> _Prepared:
+        body = None
+        if record.request_body is not None or record.response_body is not None:
+            body = (record.id, _json(record.request_body), _json(record.response_body))
+        return (
+            _record_row(record),
+            [(t, record.id) for t in record.tags],
+            [(k, v, record.id) for k, v in record.meta.items()],
+            body,
+        )
+
+    def insert_prepared(self, batch: Sequence[object]) -> None:
+        prepared: Sequence[_Prepared] = batch  # type: ignore[assignment]
+        rows = [p[0] for p in prepared]
+        tags = [t for p in prepared for t in p[1]]
+        meta = [m for p in prepared for m in p[2]]
+        bodies = [p[3] for p in prepared if p[3] is not None]
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN")

@@ -7,6 +7,8 @@ import queue
 import re
 import threading
 import time
+
+import orjson
 from collections.abc import Callable, Iterable
 
 from gatewatch.records import Record
@@ -28,8 +30,6 @@ class _Redactor:
     def __call__(self, body: object) -> object:
         if body is None:
             return None
-        import orjson
-
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         if b"gw-" in raw:
             raw = _GATEWAY_KEY.sub(b"[REDACTED]", raw)
@@ -54,9 +54,11 @@ class RecordWriter:
         secrets: Iterable[str] = (),
         on_drop: Callable[[], None] = lambda: None,
         keep_bodies: bool = True,
+        linger: float = 0.01,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
+        self.linger = linger
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._in_flight = 0
         self._on_drop = on_drop
@@ -78,8 +80,13 @@ class RecordWriter:
         return self._queue.qsize() + self._in_flight
 
     def submit(self, record: Record) -> None:
+        if self._keep_bodies:
+            record.request_body = self._redact(record.request_body)
+            record.response_body = self._redact(record.response_body)
+        else:
+            record.request_body = record.response_body = record.last_user_prompt = None
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(self.store.prepare(record))
         except queue.Full:
             self.dropped += 1
             self._on_drop()
@@ -105,20 +112,28 @@ class RecordWriter:
         stopping = False
         while not stopping:
             item = self._queue.get()
-            batch: list[Record] = []
+            batch: list[object] = []
             if item is _STOP:
                 stopping = True
             else:
-                batch.append(item)  # type: ignore[arg-type]
+                batch.append(item)
+            # Linger briefly so that one transaction carries many records: fewer commits means
+            # less work per record and no commit stall behind every single request.
+            deadline = time.monotonic() + self.linger
             while len(batch) < self.batch_size and not stopping:
+                remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get_nowait()
+                    item = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stopping = True
                 else:
-                    batch.append(item)  # type: ignore[arg-type]
+                    batch.append(item)
             if batch:
                 self._in_flight = len(batch)
                 self._store(batch)
@@ -133,19 +148,13 @@ class RecordWriter:
             if item is not _STOP:
                 rest.append(item)
         if rest:
-            self._store(rest)  # type: ignore[arg-type]
+            self._store(rest)
 
-    def _store(self, batch: list[Record]) -> None:
-        for r in batch:
-            if self._keep_bodies:
-                r.request_body = self._redact(r.request_body)
-                r.response_body = self._redact(r.response_body)
-            else:
-                r.request_body = r.response_body = r.last_user_prompt = None
+    def _store(self, batch: list[object]) -> None:
         delay = 0.05
         while True:
             try:
-                self.store.insert_records(batch)
+                self.store.insert_prepared(batch)
                 self.stored += len(batch)
                 return
             except Exception:
