@@ -3,7 +3,6 @@
 Every read goes through the caller's Scope (gatewatch.store.query.Scope): member → its own
 records, admin → its organization's, owner → all. Out-of-scope rows answer 404 like missing ones."""
 
-
 import asyncio
 from typing import Annotated, Any, Literal
 
@@ -34,8 +33,13 @@ class ApiError(Exception):
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 409: "conflict_error"}.get(status, "api_error")  # fmt: skip
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        409: "conflict_error",
+    }.get(status, "api_error")
     return JSONResponse(
         {"error": {"message": message, "type": kind, "param": param}}, status_code=status
     )
@@ -111,7 +115,9 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
         headers = {k.lower().encode(): v.encode("latin-1") for k, v in request.headers.items()}
         secret = secret_from_headers(headers)
         if secret is None:
-            raise ApiError(401, "missing gateway key: send 'Authorization: Bearer gw-…'")
+            raise ApiError(
+                401, "missing gateway key: send 'Authorization: Bearer gw-…' or 'x-api-key'"
+            )
         ident = await keys.lookup(secret)
         if ident is None:
             raise ApiError(401, "invalid or revoked gateway key")
@@ -139,10 +145,14 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
     @app.get("/api/v1/me", summary="The calling key, its user and organization")
     async def me(ident: Caller) -> dict[str, Any]:
         return {
-            "key_id": ident.key_id, "key_name": ident.key_name, "user_id": ident.user_id,
-            "user": ident.user_name, "org_id": ident.org_id, "org": ident.org_name,
+            "key_id": ident.key_id,
+            "key_name": ident.key_name,
+            "user_id": ident.user_id,
+            "user": ident.user_name,
+            "org_id": ident.org_id,
+            "org": ident.org_name,
             "role": ident.role,
-        }  # fmt: skip
+        }
 
     # ---- request records (§A1, §A2) --------------------------------------------------------
 
@@ -191,6 +201,14 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
     ) -> None:
         singular = kind[:-1]
 
+        async def guard_target(ident: Identity, entity_id: str) -> None:
+            """An admin may not change or revoke a key that outranks it."""
+            if kind != "keys" or ident.role == "owner":
+                return
+            row = await run(store.get_entity, kind, ident.scope, entity_id)
+            if row is not None and _ROLE_RANK.get(row["role"], 0) > _ROLE_RANK[ident.role]:
+                raise ApiError(403, f"a {ident.role} key cannot change a {row['role']} key")
+
         async def list_(
             ident: Caller,
             limit: Annotated[int, Query(description="1-1000")] = 100,
@@ -198,8 +216,10 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
         ) -> dict[str, Any]:
             page = await run(store.list_entities, kind, ident.scope, page_limit(limit), after_id)
             return {
-                "count": page.count, "results": page.results, "next_after_id": page.next_after_id
-            }  # fmt: skip
+                "count": page.count,
+                "results": page.results,
+                "next_after_id": page.next_after_id,
+            }
 
         async def get_(ident: Caller, entity_id: Annotated[str, Path()]) -> dict[str, Any]:
             row = await run(store.get_entity, kind, ident.scope, entity_id)
@@ -214,11 +234,15 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
         ) -> dict[str, Any]:
             require_admin(ident)
             fields = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
+            for name in ("name", "role", "budget_period"):
+                if name in fields and fields[name] is None:
+                    raise ApiError(400, f"{name}: cannot be null", name)
             if kind == "orgs" and ident.role != "owner":
                 raise ApiError(403, "only an owner key can change organizations")
+            await guard_target(ident, entity_id)
             role = fields.get("role")
             if role and _ROLE_RANK[role] > _ROLE_RANK[ident.role]:
-                raise ApiError(403, f"a {ident.role} key cannot grant the {role} role", "role")
+                raise ApiError(403, f"an {ident.role} key cannot grant the {role} role", "role")
             row = await run(store.update_entity, kind, ident.scope, entity_id, fields)
             if row is None:
                 raise ApiError(404, f"no {singular} {entity_id}")
@@ -229,6 +253,7 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
             require_admin(ident)
             if kind == "orgs" and ident.role != "owner":
                 raise ApiError(403, "only an owner key can revoke organizations")
+            await guard_target(ident, entity_id)
             row = await run(store.revoke_entity, kind, ident.scope, entity_id)
             if row is None:
                 raise ApiError(404, f"no {singular} {entity_id}")

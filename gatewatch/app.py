@@ -7,18 +7,17 @@ import asyncio
 import contextlib
 import gc
 import logging
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatewatch.api import create_api
 from gatewatch.auth import ADMIN_KEY_ID, KeyCache, hash_key
 from gatewatch.metrics import Metrics
-from gatewatch.pricing import PriceBook
+from gatewatch.pricing import PriceBook, warm_price_table
 from gatewatch.proxy import ProxyHandler, match_proxy_path
-from gatewatch.proxy.handler import Receive, Scope, Send
+from gatewatch.proxy.handler import ASGIScope, Message, Receive, Send
 from gatewatch.settings import Settings
-from gatewatch.store import RecordWriter, Store, open_store
+from gatewatch.store import RecordWriter, Scope, Store, open_store
 
 __all__ = ["Gateway", "app_from_environment", "create_app"]
 
@@ -32,6 +31,8 @@ class Gateway:
         self.metrics = Metrics()
         self.keys = KeyCache(self.store)
         secrets = [p.api_key.get_secret_value() for p in settings.providers if p.api_key]
+        if settings.admin_key is not None:
+            secrets.append(settings.admin_key.get_secret_value())
         self.writer = RecordWriter(
             self.store,
             max_pending=settings.record_queue_size,
@@ -61,6 +62,11 @@ class Gateway:
                 org="default",
                 role="owner",
             )
+        else:  # the bootstrap key was taken out of the configuration: it stops working
+            await asyncio.to_thread(
+                self.store.revoke_entity, "keys", Scope("owner", "", ""), ADMIN_KEY_ID
+            )
+        await asyncio.to_thread(warm_price_table)
         self.writer.start()
         await self.proxy.start()
         self._tasks.append(asyncio.create_task(self.keys.watch()))
@@ -83,11 +89,18 @@ class Gateway:
         self._tasks.clear()
         await self.proxy.close()
         pending = self.writer.pending
-        await asyncio.to_thread(self.writer.close)
-        log.info("stored %d pending record(s) before exit", pending)
+        await asyncio.to_thread(self.writer.close, self.settings.shutdown_timeout)
+        if self.writer.pending:
+            log.error(
+                "the database did not take %d record(s) within %.0fs of shutdown; they are lost",
+                self.writer.pending,
+                self.settings.shutdown_timeout,
+            )
+        else:
+            log.info("stored %d pending record(s) before exit", pending)
         await asyncio.to_thread(self.store.close)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
@@ -97,10 +110,13 @@ class Gateway:
                 return
             if path == "/metrics":
                 body = generate_latest(self.metrics.registry)
-                await send({
-                    "type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
-                })  # fmt: skip
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
             await self.api(scope, receive, send)
@@ -111,7 +127,7 @@ class Gateway:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
-            message: dict[str, Any] = await receive()
+            message: Message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()

@@ -19,8 +19,12 @@ from gatewatch.settings import ConfigError, load_settings
 
 __all__ = ["main"]
 
-app = typer.Typer(help="gatewatch: a self-hosted LLM gateway that records every request.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="gatewatch: a self-hosted LLM gateway that records every request.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 requests_app = typer.Typer(help="Request records.", no_args_is_help=True)
 keys_app = typer.Typer(help="Gateway keys.", no_args_is_help=True)
 app.add_typer(requests_app, name="requests")
@@ -48,9 +52,12 @@ def _api(url: str, token: str | None, method: str, path: str, **kw: Any) -> Any:
         _fail("no key: pass --token or set GATEWATCH_TOKEN")
     try:
         resp = httpx.request(
-            method, url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
-            timeout=30, **kw,
-        )  # fmt: skip
+            method,
+            url.rstrip("/") + path,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            **kw,
+        )
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the gateway at {url}: {exc}")
         raise AssertionError from exc  # unreachable
@@ -102,9 +109,15 @@ def _run_server(settings: Any, host: str, port: int, workers: int, config: str |
     store.migrate()
     store.close()
     common: dict[str, Any] = dict(
-        host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-        access_log=False, log_level=settings.log_level, timeout_graceful_shutdown=30,
-    )  # fmt: skip
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
     if workers > 1:
         if config:
             os.environ["GATEWATCH_CONFIG"] = os.path.abspath(config)
@@ -133,8 +146,18 @@ def demo(
 # ---- requests --------------------------------------------------------------------------------
 
 
-_LIST_COLUMNS = ("id", "started_at", "user", "provider", "model", "status_code", "input_tokens",
-                 "output_tokens", "cost_usd", "duration_ms")  # fmt: skip
+_LIST_COLUMNS = (
+    "id",
+    "started_at",
+    "user",
+    "provider",
+    "model",
+    "status_code",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "duration_ms",
+)
 
 
 def _print_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...]) -> None:
@@ -142,18 +165,20 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...]) 
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     elif fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else list(columns),
-                                extrasaction="ignore")  # fmt: skip
+        writer = csv.DictWriter(
+            buf, fieldnames=list(rows[0]) if rows else list(columns), extrasaction="ignore"
+        )
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v
-                             for k, v in row.items()})  # fmt: skip
+            writer.writerow(
+                {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in row.items()}
+            )
         sys.stdout.write(buf.getvalue())
     elif fmt == "table":
         table = Table(*columns)
         for row in rows:
             table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
     else:
         _fail(f"--format: {fmt!r} is not one of table, json, csv", 2)
 
@@ -173,10 +198,20 @@ def requests_list(
     fmt: FormatOpt = "table",
 ) -> None:
     """List request records, newest first."""
-    params = {k: v for k, v in dict(
-        initiator=initiator, provider=provider, model=model, status=status,
-        started_after=started_after, started_before=started_before, q=q, limit=limit,
-    ).items() if v is not None}  # fmt: skip
+    params = {
+        k: v
+        for k, v in dict(
+            initiator=initiator,
+            provider=provider,
+            model=model,
+            status=status,
+            started_after=started_after,
+            started_before=started_before,
+            q=q,
+            limit=limit,
+        ).items()
+        if v is not None
+    }
     page = _api(url, token, "GET", "/api/v1/requests", params=params)
     _print_rows(page["results"], fmt, _LIST_COLUMNS)
     if fmt == "table":
@@ -190,8 +225,9 @@ def requests_show(
     token: TokenOpt = None,
 ) -> None:
     """One request record with its prompt, response, tool calls and attempts."""
-    sys.stdout.write(json.dumps(_api(url, token, "GET", f"/api/v1/requests/{request_id}"),
-                                indent=2) + "\n")  # fmt: skip
+    sys.stdout.write(
+        json.dumps(_api(url, token, "GET", f"/api/v1/requests/{request_id}"), indent=2) + "\n"
+    )
 
 
 # ---- keys ------------------------------------------------------------------------------------
@@ -215,10 +251,22 @@ def keys_create(
     fmt: FormatOpt = "table",
 ) -> None:
     """Create a key. Its secret is printed this once."""
-    body = {k: v for k, v in dict(
-        user=user, name=name, org=org, role=role, budget_usd=budget_usd,
-        budget_period=budget_period, rpm=rpm, tpm=tpm,
-    ).items() if v is not None}  # fmt: skip
+    if fmt not in ("table", "json", "csv"):
+        _fail(f"--format: {fmt!r} is not one of table, json, csv", 2)
+    body = {
+        k: v
+        for k, v in dict(
+            user=user,
+            name=name,
+            org=org,
+            role=role,
+            budget_usd=budget_usd,
+            budget_period=budget_period,
+            rpm=rpm,
+            tpm=tpm,
+        ).items()
+        if v is not None
+    }
     row = _api(url, token, "POST", "/api/v1/keys", json=body)
     if fmt == "json":
         sys.stdout.write(json.dumps(row, indent=2) + "\n")
@@ -228,8 +276,12 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt = "table",
-              limit: Annotated[int, typer.Option()] = 100) -> None:  # fmt: skip
+def keys_list(
+    url: UrlOpt = _DEFAULT_URL,
+    token: TokenOpt = None,
+    fmt: FormatOpt = "table",
+    limit: Annotated[int, typer.Option()] = 100,
+) -> None:
     """List the keys this key may see."""
     page = _api(url, token, "GET", "/api/v1/keys", params={"limit": limit})
     _print_rows(page["results"], fmt, _KEY_COLUMNS)

@@ -15,21 +15,29 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "gatewatch_requests", "Requests answered", ["provider", "model", "status_code"],
+            "gatewatch_requests",
+            "Requests answered",
+            ["provider", "model", "status_code"],
             registry=r,
-        )  # fmt: skip
+        )
         self.duration = Histogram(
-            "gatewatch_request_duration_seconds", "Whole request duration",
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "gatewatch_request_duration_seconds",
+            "Whole request duration",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ttft = Histogram(
-            "gatewatch_ttft_seconds", "Time to first token of streamed responses",
-            buckets=_LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "gatewatch_ttft_seconds",
+            "Time to first token of streamed responses",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.overhead = Histogram(
-            "gatewatch_overhead_seconds", "Time the gateway adds on top of the upstream",
-            buckets=_OVERHEAD_BUCKETS, registry=r,
-        )  # fmt: skip
+            "gatewatch_overhead_seconds",
+            "Time the gateway adds on top of the upstream",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
             "gatewatch_tokens", "Tokens", ["provider", "model", "type"], registry=r
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from gatewatch.settings import PriceOverride, ProviderSettings
 
-__all__ = ["PriceBook", "Rates", "Usage"]
+__all__ = ["PriceBook", "Rates", "Usage", "warm_price_table"]
 
 log = logging.getLogger("gatewatch.pricing")
 _PER_MTOK = 1e-6
@@ -95,29 +95,52 @@ def _from_override(o: PriceOverride) -> Rates:
     )
 
 
+def warm_price_table() -> None:
+    """Load the table at start, not on the first priced request (it takes tens of ms)."""
+    from genai_prices import data_snapshot
+
+    data_snapshot.get_snapshot()
+
+
 class PriceBook:
     def __init__(self, overrides: dict[str, PriceOverride]) -> None:
         self._overrides = {k: _from_override(v) for k, v in overrides.items()}
-        self._cache: dict[tuple[str, str], Rates | None] = {}
+        self._cache: dict[tuple[str, str, str | None], Rates | None] = {}
 
-    def rates(self, provider: ProviderSettings, model: str) -> Rates | None:
-        key = (provider.name, model)
+    def rates(
+        self, provider: ProviderSettings, model: str, fallback: str | None = None
+    ) -> Rates | None:
+        """Rates for the model that answered; ``fallback`` is the model the gateway asked for.
+        A configured override for either name wins over the table; the table is asked for the
+        answered name (a dated snapshot, say), then for the requested one."""
+        key = (provider.name, model, fallback)
         try:
             return self._cache[key]
         except KeyError:
             pass
-        rates = self._overrides.get(f"{provider.name}/{model}") or self._overrides.get(model)
-        if rates is None:
-            rates = self._from_table(provider, model)
+        names = [model] if not fallback or fallback == model else [model, fallback]
+        rates = None
+        for name in names:
+            rates = self._overrides.get(f"{provider.name}/{name}") or self._overrides.get(name)
+            if rates is not None:
+                break
+        else:
+            for name in names:
+                rates = self._from_table(provider, name)
+                if rates is not None:
+                    break
         if len(self._cache) > 10_000:  # bounded: model names come from upstream answers
             self._cache.clear()
         self._cache[key] = rates
         return rates
 
-    def cost(self, provider: ProviderSettings, model: str | None, usage: Usage) -> float | None:
-        if not model:
+    def cost(
+        self, provider: ProviderSettings, model: str | None, usage: Usage, fallback: str | None
+    ) -> float | None:
+        name = model or fallback
+        if not name:
             return None
-        rates = self.rates(provider, model)
+        rates = self.rates(provider, name, fallback)
         return None if rates is None else rates.cost(usage)
 
     @staticmethod
@@ -138,9 +161,9 @@ class PriceBook:
             log.exception("price look-up failed for %s/%s", provider.name, model)
             return None
         inp = _tiered(price.input_mtok, None)
-        out = _tiered(price.output_mtok, None)
-        if inp is None or out is None:
+        if inp is None:
             return None
+        out = _tiered(price.output_mtok, None) or _Tiered(0.0)  # embeddings: input only
         return Rates(
             input=inp,
             output=out,

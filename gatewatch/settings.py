@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "CircuitBreakerSettings",
@@ -76,6 +84,12 @@ class ProviderSettings(_Section):
             raise ValueError("must be letters, digits, '-', '_' or '.', and not v1/api/ui")
         return v
 
+    @model_validator(mode="after")
+    def _compatible_needs_url(self) -> ProviderSettings:
+        if self.type == "openai-compatible" and not self.base_url:
+            raise ValueError("an openai-compatible provider needs a base_url")
+        return self
+
     @property
     def url(self) -> str:
         default = _DEFAULT_BASE_URLS.get(self.type, "")
@@ -98,7 +112,7 @@ class LimitsSettings(_Section):
 
 class CircuitBreakerSettings(_Section):
     failure_threshold: int = Field(default=5, ge=1)
-    cooldown: float = Field(default=30.0, description="Seconds an open target is skipped")
+    cooldown: float = Field(default=30.0, ge=0, description="Seconds an open target is skipped")
 
     @field_validator("cooldown", mode="before")
     @classmethod
@@ -136,6 +150,9 @@ class Settings(_Section):
         default=50_000, ge=1, description="Records waiting to be stored before new ones are dropped"
     )
     record_batch_size: int = Field(default=64, ge=1, description="Records per insert transaction")
+    shutdown_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds shutdown waits for queued records to be stored"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("providers")
@@ -185,10 +202,10 @@ def _interpolate(value: Any, env: dict[str, str], path: str) -> Any:
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
+            if default is not None:  # ${VAR:-default}: the default when unset or empty
+                return env.get(name) or default
             if name in env:
                 return env[name]
-            if default is not None:
-                return default
             raise ConfigError(f"{path or 'config'}: environment variable {name} is not set")
 
         return _ENV_REF.sub(sub, value)

@@ -145,9 +145,7 @@ def gateway_settings(tmp_path: Path, upstream_url: str, **overrides: Any) -> Set
 
 
 @pytest.fixture
-def start_gateway(
-    tmp_path: Path, upstream: Upstream
-) -> Iterator[Callable[..., RunningGateway]]:
+def start_gateway(tmp_path: Path, upstream: Upstream) -> Iterator[Callable[..., RunningGateway]]:
     """Start a gateway with settings overrides; stopped (and its records flushed) at teardown."""
     running: list[ServerThread] = []
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import aiohttp
@@ -31,9 +31,10 @@ __all__ = ["ProxyHandler", "match_proxy_path"]
 
 log = logging.getLogger("gatewatch.proxy")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIScope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
 _FORWARD_HEADERS = (b"anthropic-version", b"anthropic-beta", b"openai-beta")
@@ -42,6 +43,53 @@ _RELAY_HEADERS = {"retry-after", "x-request-id", "request-id", "openai-processin
 
 class _ClientGone(Exception):
     pass
+
+
+class _Disconnect:
+    """Notices the client leaving while the gateway waits on the provider, and cancels the
+    request's task so it stops waiting (the record then says ``client_closed``, not a timeout).
+
+    Stopped just before the response's last body message: uvicorn answers a pending
+    ``receive()`` with ``http.disconnect`` once a response is complete."""
+
+    __slots__ = ("_task", "_watcher", "active", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self.active = True
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Future[Message] = asyncio.ensure_future(receive())
+        self._watcher.add_done_callback(self._on_message)
+
+    def _on_message(self, fut: asyncio.Future[Message]) -> None:
+        if not self.active or fut.cancelled() or fut.exception() is not None:
+            return
+        if fut.result().get("type") == "http.disconnect":
+            self.gone = True
+            if self._task is not None:
+                self._task.cancel()
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            self._watcher.remove_done_callback(self._on_message)
+            if not self._watcher.done():
+                self._watcher.cancel()
+
+    def absorb(self) -> bool:
+        """In an ``except CancelledError``: True when the cancel was ours (client gone)."""
+        if self.gone and self._task is not None:
+            self._task.uncancel()
+            return True
+        return False
+
+    def guard(self, send: Send) -> Send:
+        async def guarded(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.stop()
+            await send(message)
+
+        return guarded
 
 
 class _UpstreamFailed(Exception):
@@ -123,7 +171,7 @@ class ProxyHandler:
     # ---- entry -----------------------------------------------------------------------------
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, pname: str | None
+        self, scope: ASGIScope, receive: Receive, send: Send, endpoint: Endpoint, pname: str | None
     ) -> None:
         started = time.time()
         t0 = time.perf_counter()
@@ -135,6 +183,7 @@ class ProxyHandler:
         family = endpoint.family
         self.metrics.inflight.inc()
         upstream_time = [0.0]
+        watch: _Disconnect | None = None
         try:
             if scope["method"] != endpoint.method:
                 raise GatewayError(
@@ -158,24 +207,47 @@ class ProxyHandler:
                 rec.request_body = body
                 rec.last_user_prompt = last_user_prompt(endpoint.kind, payload)
             targets = self.router.resolve(family, model, pname)
+            watch = _Disconnect(receive)
             await self._forward(
-                rec, endpoint, targets, payload, body, headers, receive, send, upstream_time
+                rec,
+                endpoint,
+                targets,
+                payload,
+                body,
+                headers,
+                watch,
+                watch.guard(send),
+                upstream_time,
             )
         except GatewayError as err:
             await self._send_error(send, rec, family, err)
         except _ClientGone:
-            rec.status, rec.status_code = "client_closed", 499
-            rec.error_type, rec.error_message = "client_closed", "client went away"
+            self._client_gone(rec)
+        except asyncio.CancelledError:
+            if watch is None or not watch.absorb():
+                raise
+            self._client_gone(rec)
         except Exception as exc:  # never leave a request unanswered or unrecorded
             log.exception("unexpected error on %s", endpoint.path)
-            err = GatewayError(500, f"internal gateway error: {type(exc).__name__}", "internal")
+            internal = GatewayError(
+                500, f"internal gateway error: {type(exc).__name__}", "internal"
+            )
             try:
-                await self._send_error(send, rec, family, err)
+                await self._send_error(send, rec, family, internal)
             except Exception:
                 rec.status, rec.status_code = "error", 500
         finally:
+            if watch is not None:
+                watch.stop()
             self.metrics.inflight.dec()
             self._finish(rec, t0, upstream_time[0])
+
+    @staticmethod
+    def _client_gone(rec: Record) -> None:
+        rec.status, rec.status_code = "client_closed", 499
+        rec.error_type, rec.error_message = "client_closed", "the client closed the connection"
+        if rec.attempts and rec.attempts[-1].status_code is None:
+            rec.attempts[-1].reason = "client_closed"
 
     # ---- steps -----------------------------------------------------------------------------
 
@@ -193,7 +265,7 @@ class ProxyHandler:
         return ident
 
     async def _read_body(
-        self, scope: Scope, receive: Receive, headers: dict[bytes, bytes]
+        self, scope: ASGIScope, receive: Receive, headers: dict[bytes, bytes]
     ) -> bytes:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -212,9 +284,10 @@ class ProxyHandler:
             size += len(part)
             if size > self.max_body:
                 raise GatewayError(
-                    413, f"request body is over the limit of {self.max_body} bytes",
+                    413,
+                    f"request body is over the limit of {self.max_body} bytes",
                     "request_too_large",
-                )  # fmt: skip
+                )
             chunks.append(part)
             if not msg.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -269,9 +342,11 @@ class ProxyHandler:
             if not (isinstance(opts, dict) and opts.get("include_usage")):
                 payload = {
                     **payload,
-                    "stream_options": {**(opts if isinstance(opts, dict) else {}),
-                                       "include_usage": True},
-                }  # fmt: skip
+                    "stream_options": {
+                        **(opts if isinstance(opts, dict) else {}),
+                        "include_usage": True,
+                    },
+                }
                 changed = strip_usage = True
         return (orjson.dumps(payload) if changed else body), strip_usage
 
@@ -283,7 +358,7 @@ class ProxyHandler:
         payload: dict[str, Any],
         body: bytes,
         headers: dict[bytes, bytes],
-        receive: Receive,
+        watch: _Disconnect,
         send: Send,
         upstream_time: list[float],
     ) -> None:
@@ -319,9 +394,16 @@ class ProxyHandler:
                         and resp.content_type == "text/event-stream"
                     ):
                         await self._relay_stream(
-                            rec, endpoint, target, resp, strip_usage, receive, send, a0,
+                            rec,
+                            endpoint,
+                            target,
+                            resp,
+                            strip_usage,
+                            watch,
+                            send,
+                            a0,
                             upstream_time,
-                        )  # fmt: skip
+                        )
                         attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
                         return
                     content = await resp.read()
@@ -361,7 +443,7 @@ class ProxyHandler:
             )
             if self.keep_content:
                 rec.response_body = content
-            await self._respond(send, rec, status, content, extra, rec.model_requested)
+            await self._respond(send, rec, status, content, extra, rec.attempts[-1].model)
             return
         assert last is not None
         if last.reason == "timeout":
@@ -446,7 +528,7 @@ class ProxyHandler:
         rec.cache_read_tokens = usage.cache_read_tokens
         rec.cache_write_tokens = usage.cache_write_tokens
         rec.reasoning_tokens = usage.reasoning_tokens
-        rec.cost_usd = self.prices.cost(target.provider, rec.model or target.model, usage)
+        rec.cost_usd = self.prices.cost(target.provider, rec.model, usage, target.model)
 
     async def _relay_stream(
         self,
@@ -455,7 +537,7 @@ class ProxyHandler:
         target: Target,
         resp: aiohttp.ClientResponse,
         strip_usage: bool,
-        receive: Receive,
+        watch: _Disconnect,
         send: Send,
         a0: float,
         upstream_time: list[float],
@@ -483,7 +565,7 @@ class ProxyHandler:
                 "connect_error", f"{target.provider.name} broke the stream: {exc}"
             ) from None
         if not first:
-            raise _UpstreamFailed("upstream_5xx", f"{target.provider.name} sent an empty stream")
+            raise _UpstreamFailed("empty_stream", f"{target.provider.name} sent an empty stream")
         rec.ttft_ms = round((time.time() - rec.started) * 1000, 3)
         out = take(first)
         rec.status_code = resp.status
@@ -495,23 +577,15 @@ class ProxyHandler:
         if out:
             await send({"type": "http.response.body", "body": out, "more_body": True})
 
-        gone = asyncio.Event()
-        watcher = asyncio.ensure_future(receive())
-
-        def on_disconnect(task: asyncio.Future[dict[str, Any]]) -> None:
-            if not task.cancelled() and task.result().get("type") == "http.disconnect":
-                gone.set()
-                resp.close()
-
-        watcher.add_done_callback(on_disconnect)
         broken: str | None = None
         try:
             async for chunk in resp.content.iter_any():
                 out = take(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-                if gone.is_set():
-                    break
+        except asyncio.CancelledError:
+            if not watch.absorb():
+                raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
             broken = (
                 f"{target.provider.name} stalled mid-stream"
@@ -519,20 +593,16 @@ class ProxyHandler:
             )
         except (aiohttp.ClientError, OSError) as exc:
             broken = f"{target.provider.name} broke the stream: {exc or type(exc).__name__}"
-        finally:
-            watcher.remove_done_callback(on_disconnect)
-            if not watcher.done():
-                watcher.cancel()
-            elif not watcher.cancelled() and watcher.result().get("type") == "http.disconnect":
-                gone.set()
         upstream_time[0] += time.perf_counter() - a0
         if reader.model:
             rec.model = reader.model
-        if gone.is_set():
-            rec.status, rec.status_code = "client_closed", 499
-            rec.error_type, rec.error_message = "client_closed", "client closed the stream"
-        elif broken is not None or (not reader.done and reader.error is None and endpoint.kind
-                                    in ("chat", "messages", "responses")):  # fmt: skip
+        if watch.gone:
+            self._client_gone(rec)
+        elif broken is not None or (
+            not reader.done
+            and reader.error is None
+            and endpoint.kind in ("chat", "messages", "responses")
+        ):
             broken = broken or f"{target.provider.name} ended the stream before it was complete"
             rec.status, rec.error_type, rec.error_message = (
                 "error",
@@ -541,22 +611,24 @@ class ProxyHandler:
             )
             try:
                 err = GatewayError(502, broken, "upstream_stream_broken")
-                await send({
-                    "type": "http.response.body",
-                    "body": sse_error_event(endpoint.family, err),
-                    "more_body": True,
-                })  # fmt: skip
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": sse_error_event(endpoint.family, err),
+                        "more_body": True,
+                    }
+                )
             except Exception:
                 pass
         elif reader.error is not None:
             rec.status, rec.error_type, rec.error_message = "error", "upstream_error", reader.error
         else:
             rec.status = "ok"
-        if not gone.is_set():
+        if not watch.gone:
             try:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except Exception:
-                rec.status = "client_closed"
+                self._client_gone(rec)
         rec.tool_calls = reader.tool_calls()
         self._account(rec, target, reader.usage)
         if self.keep_content:

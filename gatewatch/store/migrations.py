@@ -74,28 +74,26 @@ def m002_requests(db: sqlite3.Connection) -> None:
             cost_usd REAL,
             tags TEXT, meta TEXT, last_user_prompt TEXT, tool_calls TEXT, attempts TEXT
         ) WITHOUT ROWID;
+        -- One index per filter, in id order, carrying the scope columns (org_id, user_id) so a
+        -- scoped count or page never has to visit the table to check the scope.
         CREATE INDEX requests_org ON requests(org_id, id);
-        CREATE INDEX requests_user ON requests(user_id, id);
-        CREATE INDEX requests_key ON requests(api_key_id, id);
-        CREATE INDEX requests_provider ON requests(provider, id);
-        CREATE INDEX requests_model ON requests(model, id);
-        CREATE INDEX requests_model_requested ON requests(model_requested, id);
-        CREATE INDEX requests_status ON requests(status, id);
-        CREATE INDEX requests_status_code ON requests(status_code, id);
-        CREATE INDEX requests_client ON requests(client, id);
-        CREATE INDEX requests_workflow ON requests(workflow, id);
-        CREATE INDEX requests_session ON requests(session, id);
-        CREATE INDEX requests_end_user ON requests(end_user, id);
-        CREATE TABLE request_tags (
-            tag TEXT NOT NULL, request_id TEXT NOT NULL,
-            PRIMARY KEY (tag, request_id)
-        ) WITHOUT ROWID;
-        CREATE INDEX request_tags_request ON request_tags(request_id);
-        CREATE TABLE request_meta (
+        CREATE INDEX requests_user ON requests(user_id, id, org_id);
+        CREATE INDEX requests_key ON requests(api_key_id, id, org_id, user_id);
+        CREATE INDEX requests_provider ON requests(provider, id, org_id, user_id);
+        CREATE INDEX requests_status ON requests(status, id, org_id, user_id);
+        CREATE INDEX requests_status_code ON requests(status_code, id, org_id, user_id);
+        CREATE INDEX requests_client ON requests(client, id, org_id, user_id);
+        CREATE INDEX requests_workflow ON requests(workflow, id, org_id, user_id);
+        CREATE INDEX requests_session ON requests(session, id, org_id, user_id);
+        CREATE INDEX requests_end_user ON requests(end_user, id, org_id, user_id);
+        -- Many-valued filters (tag, meta.<name>, model = requested or answered) as one row per
+        -- (filter, value, request): counting and paging them is an index range scan.
+        CREATE TABLE request_facets (
             name TEXT NOT NULL, value TEXT NOT NULL, request_id TEXT NOT NULL,
+            org_id TEXT, user_id TEXT,
             PRIMARY KEY (name, value, request_id)
         ) WITHOUT ROWID;
-        CREATE INDEX request_meta_request ON request_meta(request_id);
+        CREATE INDEX request_facets_request ON request_facets(request_id);
         CREATE TABLE request_bodies (
             request_id TEXT PRIMARY KEY,
             request_body TEXT, response_body TEXT

@@ -16,7 +16,7 @@ from ulid import ULID
 
 from gatewatch.records import parse_ts
 
-__all__ = ["FILTER_NAMES", "FilterError", "RequestQuery", "Scope", "parse_filters"]
+__all__ = ["FILTER_NAMES", "FilterError", "RequestQuery", "Scope", "and_where", "parse_filters"]
 
 Role = Literal["member", "admin", "owner"]
 
@@ -37,12 +37,15 @@ class Scope:
     org_id: str
     user_id: str
 
-    def clause(self, alias: str = "r") -> tuple[str, list[object]]:
+    def clause(self, alias: str = "r", checked: bool = False) -> tuple[str, list[object]]:
+        """The scope as a condition. ``checked``: another filter's index drives the query and
+        carries the scope columns, so SQLite is told (unary ``+``) not to drive by the scope."""
+        plus = "+" if checked else ""
         if self.role == "owner":
-            return "1=1", []
+            return "", []
         if self.role == "admin":
-            return f"{alias}.org_id = ?", [self.org_id]
-        return f"{alias}.user_id = ?", [self.user_id]
+            return f"{plus}{alias}.org_id = ?", [self.org_id]
+        return f"{plus}{alias}.user_id = ?", [self.user_id]
 
 
 Condition = tuple[str, list[object]]
@@ -51,20 +54,29 @@ Condition = tuple[str, list[object]]
 def _in(column: str) -> Callable[[list[str], Scope], Condition]:
     def build(values: list[str], scope: Scope) -> Condition:
         marks = ",".join("?" * len(values))
-        return f"r.{column} IN ({marks})", list(values)
+        return f"r.{column} IN ({marks})", [*values]
 
     return build
 
 
-def _model(values: list[str], scope: Scope) -> Condition:
+def _facet(name: str, values: list[str]) -> Condition:
     marks = ",".join("?" * len(values))
-    return f"(r.model IN ({marks}) OR r.model_requested IN ({marks}))", [*values, *values]
+    return (
+        f"r.id IN (SELECT request_id FROM request_facets WHERE name = ? AND value IN ({marks}))",
+        [name, *values],
+    )
+
+
+def _model(values: list[str], scope: Scope) -> Condition:
+    """The model asked for or the model that answered (a dated snapshot of it, say)."""
+    return _facet("model", values)
 
 
 def _initiator(values: list[str], scope: Scope) -> Condition:
     ids = [scope.user_id for v in values if v == "me"]
     names = [v for v in values if v != "me"]
-    parts, params = [], []
+    parts: list[str] = []
+    params: list[object] = []
     if ids:
         parts.append("r.user_id = ?")
         params.append(ids[0])
@@ -87,8 +99,7 @@ def _by_id_or_name(column: str, table: str) -> Callable[[list[str], Scope], Cond
 
 
 def _tag(values: list[str], scope: Scope) -> Condition:
-    marks = ",".join("?" * len(values))
-    return f"r.id IN (SELECT request_id FROM request_tags WHERE tag IN ({marks}))", list(values)
+    return _facet("tag", values)
 
 
 def _status(values: list[str], scope: Scope) -> Condition:
@@ -138,6 +149,18 @@ _FILTERS: dict[str, Callable[[list[str], Scope], Condition]] = {
     "started_before": _time_bound("started_before", "<"),
 }
 FILTER_NAMES: tuple[str, ...] = (*_FILTERS, "meta.<name>")
+# Filters whose index carries org_id and user_id (see the m002 migration).
+_INDEXED = {
+    "api_key",
+    "provider",
+    "status",
+    "status_code",
+    "client",
+    "workflow",
+    "session",
+    "end_user",
+    "initiator",
+}
 
 
 @dataclass(slots=True)
@@ -146,22 +169,52 @@ class RequestQuery:
 
     filters: dict[str, list[str]] = field(default_factory=dict)
 
-    def where(self, scope: Scope) -> tuple[str, list[object]]:
-        sql, params = scope.clause()
-        parts, all_params = [sql], list(params)
+    def facet_count(self, scope: Scope) -> tuple[str, list[object]] | None:
+        """A count that reads only the facet index, when that is the whole question (one
+        tag/meta/model filter, unscoped): the general count would visit every matching row."""
+        if len(self.filters) != 1:
+            return None
+        ((name, values),) = self.filters.items()
+        if name not in ("tag", "model") and not name.startswith("meta."):
+            return None
+        marks = ",".join("?" * len(values))
+        what = "count(*)" if len(values) == 1 else "count(DISTINCT request_id)"
+        scope_sql, scope_params = scope.clause("request_facets")
+        return (
+            f"SELECT {what} FROM request_facets WHERE name = ? AND value IN ({marks})"
+            + (f" AND {scope_sql}" if scope_sql else ""),
+            [name, *values, *scope_params],
+        )
+
+    def driving_facet(self) -> tuple[str, str] | None:
+        """A one-value tag/meta/model filter: the page is best read from the facet index
+        backwards (already in id order) rather than by collecting every matching id first."""
         for name, values in self.filters.items():
+            if (name in ("tag", "model") or name.startswith("meta.")) and len(values) == 1:
+                return name, values[0]
+        return None
+
+    def where(self, scope: Scope, skip: str | None = None) -> tuple[str, list[object]]:
+        driven = any(n != skip and n in _INDEXED for n in self.filters) or skip is not None
+        sql, params = scope.clause(checked=driven)
+        parts, all_params = ([sql] if sql else []), list(params)
+        for name, values in self.filters.items():
+            if name == skip:
+                continue
+            cond: Condition
             if name.startswith("meta."):
-                marks = ",".join("?" * len(values))
-                cond: Condition = (
-                    "r.id IN (SELECT request_id FROM request_meta "
-                    f"WHERE name = ? AND value IN ({marks}))",
-                    [name[5:], *values],
-                )
+                cond = _facet(name, values)
             else:
                 cond = _FILTERS[name](values, scope)
             parts.append(cond[0])
             all_params.extend(cond[1])
         return " AND ".join(parts), all_params
+
+
+def and_where(sql: str, keyword: str = "WHERE") -> str:
+    """`` WHERE <sql>`` (or `` AND <sql>``), or nothing for no condition: a constant condition
+    such as ``1=1`` would keep SQLite from counting rows from its smallest index."""
+    return f" {keyword} {sql}" if sql else ""
 
 
 def parse_filters(

@@ -14,7 +14,7 @@ import orjson
 from gatewatch.records import COLUMNS, Record, format_ts, new_id
 from gatewatch.store.base import Identity, Page, Store, StoreError
 from gatewatch.store.migrations import apply_migrations
-from gatewatch.store.query import RequestQuery, Scope
+from gatewatch.store.query import RequestQuery, Scope, and_where
 
 __all__ = ["SQLiteStore"]
 
@@ -77,28 +77,64 @@ def _json(value: Any) -> str | None:
 
 def _record_row(r: Record) -> tuple[Any, ...]:
     return (
-        r.id, format_ts(r.started), format_ts(r.ended), r.duration_ms, r.ttft_ms, r.org_id,
-        r.org, r.user_id, r.user, r.api_key_id, r.api_key_name, r.end_user, r.session,
-        r.workflow, r.client, r.user_agent, r.source_ip, r.correlation_id, r.endpoint,
-        r.provider, r.model_requested, r.model, int(r.stream), r.status_code, r.status,
-        r.error_type, r.error_message, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-        r.cache_write_tokens, r.reasoning_tokens, r.cost_usd,
+        r.id,
+        format_ts(r.started),
+        format_ts(r.ended),
+        r.duration_ms,
+        r.ttft_ms,
+        r.org_id,
+        r.org,
+        r.user_id,
+        r.user,
+        r.api_key_id,
+        r.api_key_name,
+        r.end_user,
+        r.session,
+        r.workflow,
+        r.client,
+        r.user_agent,
+        r.source_ip,
+        r.correlation_id,
+        r.endpoint,
+        r.provider,
+        r.model_requested,
+        r.model,
+        int(r.stream),
+        r.status_code,
+        r.status,
+        r.error_type,
+        r.error_message,
+        r.input_tokens,
+        r.output_tokens,
+        r.cache_read_tokens,
+        r.cache_write_tokens,
+        r.reasoning_tokens,
+        r.cost_usd,
         orjson.dumps(r.tags).decode() if r.tags else "[]",
         orjson.dumps(r.meta).decode() if r.meta else "{}",
         r.last_user_prompt,
-        orjson.dumps([
-            {"name": t.name, "call_id": t.call_id, "arguments": t.arguments} for t in r.tool_calls
-        ]).decode() if r.tool_calls else "[]",
-        orjson.dumps([
-            {"provider": a.provider, "model": a.model, "status_code": a.status_code,
-             "reason": a.reason, "duration_ms": a.duration_ms} for a in r.attempts
-        ]).decode(),
-    )  # fmt: skip
+        orjson.dumps(
+            [{"name": t.name, "call_id": t.call_id, "arguments": t.arguments} for t in r.tool_calls]
+        ).decode()
+        if r.tool_calls
+        else "[]",
+        orjson.dumps(
+            [
+                {
+                    "provider": a.provider,
+                    "model": a.model,
+                    "status_code": a.status_code,
+                    "reason": a.reason,
+                    "duration_ms": a.duration_ms,
+                }
+                for a in r.attempts
+            ]
+        ).decode(),
+    )
 
 
-_Prepared = tuple[
-    tuple[Any, ...], list[tuple[str, str]], list[tuple[str, str, str]], tuple[str, Any, Any] | None
-]
+_Facet = tuple[str, str, str, str | None, str | None]
+_Prepared = tuple[tuple[Any, ...], list[_Facet], tuple[str, Any, Any] | None]
 
 
 def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
@@ -152,11 +188,7 @@ class SQLiteStore(Store):
 
     def migrate(self) -> list[str]:
         with self._write_lock:
-            self._writer.isolation_level = ""
-            try:
-                return apply_migrations(self._writer)
-            finally:
-                self._writer.isolation_level = None
+            return apply_migrations(self._writer)
 
     def close(self) -> None:
         with self._readers_lock:
@@ -172,28 +204,29 @@ class SQLiteStore(Store):
         body = None
         if record.request_body is not None or record.response_body is not None:
             body = (record.id, _json(record.request_body), _json(record.response_body))
-        return (
-            _record_row(record),
-            [(t, record.id) for t in record.tags],
-            [(k, v, record.id) for k, v in record.meta.items()],
-            body,
-        )
+        rid, org, user = record.id, record.org_id, record.user_id
+        facets = [("tag", t, rid, org, user) for t in record.tags]
+        facets.extend((f"meta.{k}", v, rid, org, user) for k, v in record.meta.items())
+        if record.model_requested:
+            facets.append(("model", record.model_requested, rid, org, user))
+        if record.model and record.model != record.model_requested:
+            facets.append(("model", record.model, rid, org, user))
+        return _record_row(record), facets, body
 
     def insert_prepared(self, batch: Sequence[object]) -> None:
         prepared: Sequence[_Prepared] = batch  # type: ignore[assignment]
         rows = [p[0] for p in prepared]
-        tags = [t for p in prepared for t in p[1]]
-        meta = [m for p in prepared for m in p[2]]
-        bodies = [p[3] for p in prepared if p[3] is not None]
+        facets = [f for p in prepared for f in p[1]]
+        bodies = [p[2] for p in prepared if p[2] is not None]
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN")
             try:
                 db.executemany(_INSERT, rows)
-                if tags:
-                    db.executemany("INSERT OR IGNORE INTO request_tags VALUES (?, ?)", tags)
-                if meta:
-                    db.executemany("INSERT OR IGNORE INTO request_meta VALUES (?, ?, ?)", meta)
+                if facets:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO request_facets VALUES (?, ?, ?, ?, ?)", facets
+                    )
                 if bodies:
                     db.executemany("INSERT OR IGNORE INTO request_bodies VALUES (?, ?, ?)", bodies)
                 db.execute("COMMIT")
@@ -206,13 +239,27 @@ class SQLiteStore(Store):
     ) -> Page:
         where, params = query.where(scope)
         db = self._reader()
-        count = db.execute(f"SELECT count(*) FROM requests r WHERE {where}", params).fetchone()[0]
-        page_where, page_params = where, list(params)
+        count_sql, count_params = query.facet_count(scope) or (
+            f"SELECT count(*) FROM requests r{and_where(where)}",
+            params,
+        )
+        count = db.execute(count_sql, count_params).fetchone()[0]
+        facet = query.driving_facet()
+        if facet is not None:
+            page_where, page_params = query.where(scope, skip=facet[0])
+            source = (
+                "request_facets f JOIN requests r ON r.id = f.request_id"
+                f" WHERE f.name = ? AND f.value = ?{and_where(page_where, 'AND')}"
+            )
+            page_params = [*facet, *page_params]
+            order = "f.request_id"
+        else:
+            source, page_params, order = f"requests r{and_where(where)}", list(params), "r.id"
         if after_id:
-            page_where += " AND r.id < ?"
+            source += f" {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
             page_params.append(after_id)
         rows = db.execute(
-            f"SELECT {_SELECT} FROM requests r WHERE {page_where} ORDER BY r.id DESC LIMIT ?",
+            f"SELECT {_SELECT} FROM {source} ORDER BY {order} DESC LIMIT ?",
             [*page_params, limit + 1],
         ).fetchall()
         results = [_to_dict(_LIST_COLUMNS, row) for row in rows[:limit]]
@@ -225,7 +272,8 @@ class SQLiteStore(Store):
             self._reader()
             .execute(
                 f"SELECT {_SELECT}, b.request_body, b.response_body FROM requests r"
-                f" LEFT JOIN request_bodies b ON b.request_id = r.id WHERE r.id = ? AND {where}",
+                f" LEFT JOIN request_bodies b ON b.request_id = r.id WHERE r.id = ?"
+                f"{and_where(where, 'AND')}",
                 [request_id, *params],
             )
             .fetchone()
@@ -246,12 +294,12 @@ class SQLiteStore(Store):
         while True:
             clause, args = where, list(params)
             if after is not None:
-                clause += " AND r.id < ?"
+                clause = f"{clause} AND r.id < ?" if clause else "r.id < ?"
                 args.append(after)
             rows = db.execute(
                 f"SELECT {_SELECT}, b.request_body, b.response_body FROM requests r"
                 f" LEFT JOIN request_bodies b ON b.request_id = r.id"
-                f" WHERE {clause} ORDER BY r.id DESC LIMIT ?",
+                f"{and_where(clause)} ORDER BY r.id DESC LIMIT ?",
                 [*args, page_size],
             ).fetchall()
             for row in rows:
@@ -279,7 +327,10 @@ class SQLiteStore(Store):
         )
         if row is None:
             return None
-        return Identity(*row[:7], revoked=bool(row[7]))
+        key_id, key_name, user_id, user_name, org_id, org_name, role, revoked = row
+        return Identity(
+            key_id, key_name, user_id, user_name, org_id, org_name, role, revoked=bool(revoked)
+        )
 
     def keys_version(self) -> int:
         row = (
@@ -337,17 +388,33 @@ class SQLiteStore(Store):
         with self._transaction() as db:
             org_id = self._ensure_org(db, fields["org"])
             user_id = self._ensure_user(db, org_id, fields["user"])
+            revoked = db.execute(
+                "SELECT o.revoked_at IS NOT NULL, u.revoked_at IS NOT NULL FROM users u"
+                " JOIN orgs o ON o.id = u.org_id WHERE u.id = ?",
+                (user_id,),
+            ).fetchone()
+            if revoked[0] or revoked[1]:
+                which = "organization" if revoked[0] else "user"
+                raise StoreError(f"that {which} is revoked; a key for it could never be used")
             db.execute(
                 "INSERT INTO keys (id, name, key_hash, key_prefix, user_id, org_id, role,"
                 " budget_usd, budget_period, rpm, tpm, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    key_id, fields.get("name") or fields["user"], key_hash, key_prefix, user_id,
-                    org_id, fields.get("role") or "member", fields.get("budget_usd"),
-                    fields.get("budget_period") or "month", fields.get("rpm"), fields.get("tpm"),
+                    key_id,
+                    fields.get("name") or fields["user"],
+                    key_hash,
+                    key_prefix,
+                    user_id,
+                    org_id,
+                    fields.get("role") or "member",
+                    fields.get("budget_usd"),
+                    fields.get("budget_period") or "month",
+                    fields.get("rpm"),
+                    fields.get("tpm"),
                     _now(),
                 ),
-            )  # fmt: skip
+            )
             self._bump(db)
             return self._entity(db, "keys", key_id)
 

@@ -7,9 +7,9 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 
 import orjson
-from collections.abc import Callable, Iterable
 
 from gatewatch.records import Record
 from gatewatch.store.base import Store
@@ -22,21 +22,31 @@ _GATEWAY_KEY = re.compile(rb"gw-[A-Za-z0-9_\-]{16,}")
 
 
 class _Redactor:
-    """Removes configured provider keys and gateway keys from stored bodies (§T2)."""
+    """Removes configured provider keys and gateway keys from what is stored (§T2)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = [s.encode() for s in secrets if s and len(s) >= 8]
 
-    def __call__(self, body: object) -> object:
-        if body is None:
-            return None
-        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    def _scrub(self, raw: bytes) -> bytes:
         if b"gw-" in raw:
             raw = _GATEWAY_KEY.sub(b"[REDACTED]", raw)
         for secret in self.secrets:
             if secret in raw:
                 raw = raw.replace(secret, b"[REDACTED]")
         return raw
+
+    def __call__(self, body: object) -> bytes | None:
+        """A body (raw bytes, or a reassembled message) → bytes safe to store."""
+        if body is None:
+            return None
+        return self._scrub(body if isinstance(body, bytes) else orjson.dumps(body))
+
+    def text(self, value: str | None) -> str | None:
+        if not value:
+            return value
+        raw = value.encode()
+        cleaned = self._scrub(raw)
+        return value if cleaned is raw else cleaned.decode("utf-8", "replace")
 
 
 class RecordWriter:
@@ -80,11 +90,18 @@ class RecordWriter:
         return self._queue.qsize() + self._in_flight
 
     def submit(self, record: Record) -> None:
+        redact = self._redact
         if self._keep_bodies:
-            record.request_body = self._redact(record.request_body)
-            record.response_body = self._redact(record.response_body)
-        else:
+            record.request_body = redact(record.request_body)
+            record.response_body = redact(record.response_body)
+            record.last_user_prompt = redact.text(record.last_user_prompt)
+            for call in record.tool_calls:
+                call.arguments = redact.text(call.arguments) or ""
+        else:  # metadata_only: no prompt, no response, no tool arguments
             record.request_body = record.response_body = record.last_user_prompt = None
+            for call in record.tool_calls:
+                call.arguments = ""
+        record.error_message = redact.text(record.error_message)
         try:
             self._queue.put_nowait(self.store.prepare(record))
         except queue.Full:

@@ -1,0 +1,912 @@
+"""Benchmark harness for gatewatch: throughput, added latency, record completeness, memory.
+
+    .venv/bin/python bench/run.py [--duration 10] [--runs 3] [--connections 32] [--json FILE]
+
+Starts ``bench/mock_upstream.py`` and ``gatewatch serve`` on free loopback ports, drives them
+with ``wrk`` (all traffic to 127.0.0.1, every run time-limited), then checks that every request
+was stored and prints a PASS/FAIL table against the targets.  See ``bench/README.md``.
+
+Standard library only (plus the gateway and uvloop, which run as subprocesses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+ADMIN_KEY = "gw-bench-admin-key-0123456789"
+HOST = "127.0.0.1"
+CHAT_LUA = BENCH_DIR / "chat.lua"
+STREAM_LUA = BENCH_DIR / "chat_stream.lua"
+
+# Targets (2 cores; wrk, mock upstream and gateway on the same machine).
+TARGET_RPS_32 = 2000.0
+TARGET_ADDED_P50_MS = 0.5
+TARGET_ADDED_P99_MS = 2.0
+TARGET_RSS_MB = 200.0
+
+READY_TIMEOUT = 30.0
+FLUSH_TIMEOUT = 30.0
+SHUTDOWN_TIMEOUT = 30.0
+NOISY_CORES = 0.25  # CPU used by unrelated processes above which the report warns
+
+
+class BenchError(Exception):
+    """The harness cannot go on (a process did not start, wrk failed, …)."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, name: str, timeout: float) -> int | None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL.  Returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{name} (pid {proc.pid}) did not exit {timeout:.0f}s after SIGTERM: SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_upstream(port: int, logfile: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, str(BENCH_DIR / "mock_upstream.py"), "--host", HOST, "--port", str(port)]
+    with logfile.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop children ourselves.
+        )
+    stdout = proc.stdout
+    assert stdout is not None
+    ready: list[bytes] = []
+    reader = threading.Thread(target=lambda: ready.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(10.0)
+    if not ready or b"ready" not in ready[0]:
+        stop_process(proc, "mock upstream", 5)
+        raise BenchError(f"mock upstream did not print 'ready' within 10 s:\n{tail(logfile)}")
+    return proc
+
+
+def write_config(tmp: Path, upstream_port: int) -> Path:
+    cfg = tmp / "gatewatch.yaml"
+    cfg.write_text(
+        f"admin_key: {ADMIN_KEY}\n"
+        f"database: sqlite:///{tmp / 'bench.db'}\n"
+        "content: full\n"
+        "providers:\n"
+        f'  - {{name: openai, type: openai, base_url: "http://{HOST}:{upstream_port}/v1",'
+        " api_key: sk-bench}\n"
+    )
+    return cfg
+
+
+def start_gateway(exe: str, cfg: Path, port: int, logfile: Path) -> subprocess.Popen[bytes]:
+    cmd = [exe, "serve", "--config", str(cfg), "--host", HOST, "--port", str(port)]
+    log("starting gateway: " + " ".join(cmd))
+    with logfile.open("wb") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def wait_ready(proc: subprocess.Popen[bytes], metrics_url: str, logfile: Path) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < READY_TIMEOUT:
+        if proc.poll() is not None:
+            raise BenchError(f"gateway exited with {proc.returncode} at start:\n{tail(logfile)}")
+        with contextlib.suppress(OSError):
+            if http_get(metrics_url, timeout=2.0)[0] == 200:
+                return time.monotonic() - t0
+        time.sleep(0.1)
+    raise BenchError(f"GET {metrics_url} not 200 within {READY_TIMEOUT:.0f}s:\n{tail(logfile)}")
+
+
+# --------------------------------------------------------------------------- metrics / RSS
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """Sum of all samples of ``name`` (any labels) in a Prometheus text exposition."""
+    total: float | None = None
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        rest = line[len(name) :]
+        if rest.startswith("{"):
+            end = rest.find("}")
+            if end < 0:
+                continue
+            rest = rest[end + 1 :]
+        elif not rest.startswith(" "):
+            continue  # a longer name with this prefix (e.g. …_created)
+        parts = rest.split()
+        if not parts:
+            continue
+        try:
+            total = (total or 0.0) + float(parts[0])
+        except ValueError:
+            continue
+    return total
+
+
+def _proc_status_kb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name (field 2) may contain spaces: fields resume after the last ')'.
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of the gateway plus any worker processes it started, in MB (MiB)."""
+    kb = sum(_proc_status_kb(p, "VmRSS") for p in [pid, *_descendants(pid)])
+    return kb / 1024.0
+
+
+class RssSampler:
+    """Samples the gateway's RSS every ``interval`` seconds in a background thread."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.max_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> float:
+        mb = rss_mb(self.pid)
+        self.max_mb = max(self.max_mb, mb)
+        return mb
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+
+_TICK = float(os.sysconf("SC_CLK_TCK"))
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _system_busy_s() -> float:
+    """CPU seconds the machine spent in processes (all cores): user, nice, system and steal.
+    Interrupt time (loopback networking is mostly softirq) belongs to no process: left out."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, _irq, _softirq, steal = (
+            int(x) for x in f.readline().split()[1:9]
+        )
+    return (user + nice + system + steal) / _TICK
+
+
+class CpuProbe:
+    """Who used the CPU during a measurement: the gateway, the upstream, wrk, and everything
+    else on the machine (other load makes the figures noisy)."""
+
+    def __init__(self, gateway_pid: int, upstream_pid: int) -> None:
+        self.pids = {"gateway": gateway_pid, "upstream": upstream_pid}
+
+    def snapshot(self) -> dict[str, float]:
+        gw = self.pids["gateway"]
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished (waited) wrk runs
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "t": time.monotonic(),
+            "busy": _system_busy_s(),
+            "gateway": sum(_proc_cpu_s(p) for p in [gw, *_descendants(gw)]),
+            "upstream": _proc_cpu_s(self.pids["upstream"]),
+            "wrk": kids.ru_utime + kids.ru_stime,
+            "harness": me.ru_utime + me.ru_stime,
+        }
+
+    @staticmethod
+    def cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """Average cores used by each party between two snapshots."""
+        wall = max(after["t"] - before["t"], 1e-9)
+        used = {k: (after[k] - before[k]) / wall for k in before if k != "t"}
+        busy = used.pop("busy")
+        used["other"] = max(0.0, busy - sum(used.values()))
+        return used
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    label: str
+    connections: int
+    requests: int  # completed responses (any status)
+    non2xx: int
+    socket_errors: dict[str, int]
+    rps: float
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    mean_us: float
+    max_us: float
+    cpu_cores: dict[str, float] = field(default_factory=dict)  # gateway/upstream/wrk/other
+
+    @property
+    def gateway_cpu_us_per_req(self) -> float | None:
+        if "gateway" not in self.cpu_cores or self.rps <= 0:
+            return None
+        return self.cpu_cores["gateway"] * 1e6 / self.rps
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non2xx
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + sum(self.socket_errors.values())
+
+
+_RESULT_RE = re.compile(r"^BENCH_RESULT (\{.*\})\s*$", re.M)
+_REQUESTS_RE = re.compile(r"^\s*(\d+) requests in ", re.M)
+_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s*(\d+)")
+_RPS_RE = re.compile(r"^Requests/sec:\s*([\d.]+)", re.M)
+
+
+def parse_wrk(label: str, connections: int, out: str) -> WrkResult:
+    m = _RESULT_RE.search(out)
+    if not m:
+        raise BenchError(f"wrk output has no BENCH_RESULT line ({label}):\n{out}")
+    data = json.loads(m.group(1))
+    summary = _REQUESTS_RE.search(out)
+    requests = int(summary.group(1)) if summary else int(data["requests"])
+    non2xx_m = _NON2XX_RE.search(out)
+    non2xx = int(non2xx_m.group(1)) if non2xx_m else int(data["errors_status"])
+    rps_m = _RPS_RE.search(out)
+    duration_s = max(int(data["duration_us"]) / 1e6, 1e-9)
+    rps = float(rps_m.group(1)) if rps_m else requests / duration_s
+    return WrkResult(
+        label=label,
+        connections=connections,
+        requests=requests,
+        non2xx=non2xx,
+        socket_errors={
+            k: int(data[f"errors_{k}"]) for k in ("connect", "read", "write", "timeout")
+        },
+        rps=rps,
+        p50_us=float(data["p50_us"]),
+        p90_us=float(data["p90_us"]),
+        p99_us=float(data["p99_us"]),
+        mean_us=float(data["mean_us"]),
+        max_us=float(data["max_us"]),
+    )
+
+
+def run_wrk(
+    wrk: str,
+    label: str,
+    url: str,
+    script: Path,
+    connections: int,
+    duration: int,
+    probe: CpuProbe | None = None,
+) -> WrkResult:
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    log(f"{label}: wrk -t1 -c{connections} -d{duration}s {url}")
+    before = probe.snapshot() if probe else None
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk did not finish in time ({label})") from exc
+    after = probe.snapshot() if probe else None
+    if proc.returncode != 0:
+        raise BenchError(f"wrk failed ({label}, exit {proc.returncode}):\n{proc.stderr}")
+    res = parse_wrk(label, connections, proc.stdout)
+    if before and after:
+        res.cpu_cores = CpuProbe.cores(before, after)
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in res.cpu_cores.items())
+    errors = {k: v for k, v in res.socket_errors.items() if v}
+    log(
+        f"{label}: {res.rps:,.0f} req/s, p50 {res.p50_us:.0f} us, p99 {res.p99_us:.0f} us, "
+        f"{res.requests} requests, non-2xx {res.non2xx}, socket errors {errors or 0}"
+        + (f"; cores: {cpu}" if cpu else "")
+    )
+    if res.non2xx:
+        log(f"!!! {label}: {res.non2xx} NON-2xx RESPONSES — see the gateway log")
+    return res
+
+
+# --------------------------------------------------------------------------- records
+
+
+def count_rows(db: Path) -> int | None:
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(con.execute("SELECT count(*) FROM requests").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        log(f"cannot count rows in {db}: {exc}")
+        return None
+
+
+def wait_flushed(metrics_url: str, db: Path) -> tuple[str, float | None]:
+    """Wait until ``gatewatch_records_pending`` is 0 and the row count settles.
+    Returns the last /metrics text and the pending value seen last."""
+    t0 = time.monotonic()
+    text = ""
+    pending: float | None = None
+    while time.monotonic() - t0 < FLUSH_TIMEOUT:
+        try:
+            status, text = http_get(metrics_url)
+        except OSError as exc:
+            log(f"GET /metrics failed: {exc}")
+            status = 0
+        if status == 200:
+            pending = metric_value(text, "gatewatch_records_pending")
+            if pending is None:
+                log("gatewatch_records_pending is not in /metrics; waiting for the row count")
+                break
+            if pending == 0:
+                break
+        time.sleep(0.2)
+    else:
+        log(f"records still pending after {FLUSH_TIMEOUT:.0f}s: {pending}")
+    # A batch may be between "dequeued" and "committed": wait until the count stops moving.
+    last = count_rows(db)
+    while time.monotonic() - t0 < FLUSH_TIMEOUT:
+        time.sleep(0.5)
+        now = count_rows(db)
+        if now == last:
+            break
+        last = now
+    return text, pending
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class RunResult:
+    direct_1: WrkResult
+    gateway_1: WrkResult
+    gateway_n: WrkResult
+    direct_n: WrkResult
+    stream: WrkResult
+    rss_mb: float
+
+    @property
+    def other_cores(self) -> float | None:
+        """Most CPU used by unrelated processes during any measurement of this run."""
+        vals = [w.cpu_cores["other"] for w in self.all if "other" in w.cpu_cores]
+        return max(vals) if vals else None
+
+    @property
+    def all(self) -> list[WrkResult]:
+        return [self.direct_1, self.gateway_1, self.gateway_n, self.direct_n, self.stream]
+
+    @property
+    def added_p50_ms(self) -> float:
+        return (self.gateway_1.p50_us - self.direct_1.p50_us) / 1000.0
+
+    @property
+    def added_p99_ms(self) -> float:
+        return (self.gateway_1.p99_us - self.direct_1.p99_us) / 1000.0
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    target: str
+    ok: bool | None  # None = informational
+    runs: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "—" if self.ok is None else ("PASS" if self.ok else "FAIL")
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def build_checks(
+    runs: list[RunResult],
+    nconn: int,
+    sconn: int,
+    sent_ok: int,
+    non2xx: int,
+    socket_errors: int,
+    inflight_bound: int,
+    stored: int | None,
+    dropped: float | None,
+    max_rss: float,
+) -> list[Check]:
+    def fig(get: Callable[[RunResult], float], fmt: str) -> tuple[float, list[str]]:
+        vals = [get(r) for r in runs]
+        return median(vals), [format(v, fmt) for v in vals]
+
+    checks: list[Check] = []
+    v, each = fig(lambda r: r.direct_1.rps, ",.0f")
+    checks.append(Check("direct rps @1 (ceiling)", f"{v:,.0f}", "—", None, each))
+    v, each = fig(lambda r: r.gateway_1.rps, ",.0f")
+    checks.append(Check("gateway rps @1", f"{v:,.0f}", "—", None, each))
+    v, each = fig(lambda r: r.added_p50_ms, ".3f")
+    checks.append(
+        Check(
+            "added p50 ms @1",
+            f"{v:.3f}",
+            f"≤ {TARGET_ADDED_P50_MS}",
+            v <= TARGET_ADDED_P50_MS,
+            each,
+        )
+    )
+    v, each = fig(lambda r: r.added_p99_ms, ".3f")
+    checks.append(
+        Check(
+            "added p99 ms @1",
+            f"{v:.3f}",
+            f"≤ {TARGET_ADDED_P99_MS}",
+            v <= TARGET_ADDED_P99_MS,
+            each,
+        )
+    )
+    v, each = fig(lambda r: r.gateway_n.rps, ",.0f")
+    checks.append(
+        Check(
+            f"gateway rps @{nconn}",
+            f"{v:,.0f}",
+            f"≥ {TARGET_RPS_32:,.0f}",
+            v >= TARGET_RPS_32,
+            each,
+        )
+    )
+    v, each = fig(lambda r: r.direct_n.rps, ",.0f")
+    checks.append(Check(f"direct rps @{nconn} (ceiling)", f"{v:,.0f}", "—", None, each))
+    v, each = fig(lambda r: r.stream.rps, ",.0f")
+    checks.append(Check(f"gateway stream rps @{sconn}", f"{v:,.0f}", "—", None, each))
+    if all(r.gateway_n.gateway_cpu_us_per_req is not None for r in runs):
+        v, each = fig(lambda r: r.gateway_n.gateway_cpu_us_per_req or 0.0, ".0f")
+        checks.append(Check(f"gateway CPU µs/request @{nconn}", f"{v:.0f}", "—", None, each))
+    if all(r.other_cores is not None for r in runs):
+        v, each = fig(lambda r: r.other_cores or 0.0, ".2f")
+        checks.append(Check("other load on machine, cores", f"{v:.2f}", "—", None, each))
+    checks.append(
+        Check(
+            "non-2xx / socket errors",
+            f"{non2xx} / {socket_errors}",
+            "0 / 0",
+            non2xx == 0 and socket_errors == 0,
+        )
+    )
+    if stored is None:
+        rec_ok, rec_val = False, f"{sent_ok:,} sent / ? stored"
+    else:
+        # wrk abandons up to one in-flight request per connection when a run ends; the gateway
+        # still completes (and may record) those, so stored may exceed sent by that much.
+        rec_ok = sent_ok <= stored <= sent_ok + non2xx + inflight_bound
+        rec_val = f"{sent_ok:,} sent / {stored:,} stored"
+    checks.append(
+        Check(
+            "records sent vs stored",
+            rec_val,
+            f"stored ≥ sent (≤ +{inflight_bound} in flight)",
+            rec_ok,
+        )
+    )
+    checks.append(
+        Check(
+            "records dropped", "missing" if dropped is None else f"{dropped:.0f}", "0", dropped == 0
+        )
+    )
+    checks.append(
+        Check(
+            "max gateway RSS MB",
+            f"{max_rss:.1f}",
+            f"< {TARGET_RSS_MB:.0f}",
+            0 < max_rss < TARGET_RSS_MB,
+            [f"{r.rss_mb:.1f}" for r in runs],
+        )
+    )
+    return checks
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "?" if v is None else format(v, spec)
+
+
+def print_report(runs: list[RunResult], checks: list[Check], notes: list[str], alarm: str) -> None:
+    if alarm:
+        print("\n" + alarm)
+    print()
+    print("## Individual runs")
+    print()
+    head = (
+        "run",
+        "direct rps@1",
+        "gw rps@1",
+        "direct p50/p99 µs@1",
+        "gw p50/p99 µs@1",
+        "added p50/p99 ms",
+        "gw rps@N",
+        "direct rps@N",
+        "gw p99 ms@N",
+        "gw CPU µs/req@N",
+        "stream rps",
+        "RSS MB",
+        "other cores",
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for i, r in enumerate(runs, 1):
+        row = (
+            str(i),
+            f"{r.direct_1.rps:,.0f}",
+            f"{r.gateway_1.rps:,.0f}",
+            f"{r.direct_1.p50_us:.0f} / {r.direct_1.p99_us:.0f}",
+            f"{r.gateway_1.p50_us:.0f} / {r.gateway_1.p99_us:.0f}",
+            f"{r.added_p50_ms:.3f} / {r.added_p99_ms:.3f}",
+            f"{r.gateway_n.rps:,.0f}",
+            f"{r.direct_n.rps:,.0f}",
+            f"{r.gateway_n.p99_us / 1000:.2f}",
+            _fmt(r.gateway_n.gateway_cpu_us_per_req, ".0f"),
+            f"{r.stream.rps:,.0f}",
+            f"{r.rss_mb:.1f}",
+            _fmt(r.other_cores, ".2f"),
+        )
+        print("| " + " | ".join(row) + " |")
+    print()
+    print(f"## Result (median of {len(runs)} runs)")
+    print()
+    w = max(len(c.name) for c in checks)
+    wv = max(len(c.value) for c in checks)
+    wt = max(len(c.target) for c in checks)
+    print(f"| {'figure':<{w}} | {'value':>{wv}} | {'target':<{wt}} | verdict | runs")
+    print(f"|{'-' * (w + 2)}|{'-' * (wv + 2)}|{'-' * (wt + 2)}|---------|-----")
+    for c in checks:
+        print(
+            f"| {c.name:<{w}} | {c.value:>{wv}} | {c.target:<{wt}} | {c.verdict:<7} | "
+            + ", ".join(c.runs)
+        )
+    print()
+    for line in notes:
+        print(line)
+    if alarm:
+        print("\n" + alarm)
+    failed = [c.name for c in checks if c.ok is False]
+    print()
+    print("OVERALL: " + ("PASS" if not failed else "FAIL (" + "; ".join(failed) + ")"))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def find_gatewatch(arg: str | None) -> str:
+    if arg:
+        return arg
+    for cand in (REPO / ".venv" / "bin" / "gatewatch", Path(sys.executable).parent / "gatewatch"):
+        if cand.exists():
+            return str(cand)
+    found = shutil.which("gatewatch")
+    if not found:
+        raise BenchError("no gatewatch executable (.venv/bin/gatewatch); pip install -e . first")
+    return found
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def bench(args: argparse.Namespace, tmp: Path) -> int:
+    wrk = args.wrk or shutil.which("wrk") or "/usr/bin/wrk"
+    exe = find_gatewatch(args.gatewatch)
+    up_port, gw_port = free_port(), free_port()
+    while gw_port == up_port:
+        gw_port = free_port()
+    direct_url = f"http://{HOST}:{up_port}{args.path}"
+    gw_url = f"http://{HOST}:{gw_port}{args.path}"
+    metrics_url = f"http://{HOST}:{gw_port}/metrics"
+    db = tmp / "bench.db"
+    gw_log = tmp / "gateway.log"
+    upstream: subprocess.Popen[bytes] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
+    gateway_exit: int | None = None
+    try:
+        upstream = start_upstream(up_port, tmp / "upstream.log")
+        log(f"mock upstream ready on {HOST}:{up_port} (pid {upstream.pid})")
+        cfg = write_config(tmp, up_port)
+        gateway = start_gateway(exe, cfg, gw_port, gw_log)
+        took = wait_ready(gateway, metrics_url, gw_log)
+        log(f"gateway ready on {HOST}:{gw_port} (pid {gateway.pid}) after {took:.1f}s")
+
+        gw_results: list[WrkResult] = []
+        runs: list[RunResult] = []
+        n, s, d = args.connections, args.stream_connections, args.duration
+        probe = CpuProbe(gateway.pid, upstream.pid)
+
+        def measure(label: str, url: str, script: Path, conns: int, secs: int) -> WrkResult:
+            return run_wrk(wrk, label, url, script, conns, secs, probe)
+
+        with RssSampler(gateway.pid) as sampler:
+            if args.warmup > 0:
+                gw_results.append(measure("warm-up", gw_url, CHAT_LUA, n, args.warmup))
+            for i in range(1, args.runs + 1):
+                log(f"=== run {i}/{args.runs}")
+                direct_1 = measure(f"run {i} direct @1", direct_url, CHAT_LUA, 1, d)
+                gateway_1 = measure(f"run {i} gateway @1", gw_url, CHAT_LUA, 1, d)
+                gateway_n = measure(f"run {i} gateway @{n}", gw_url, CHAT_LUA, n, d)
+                run_rss = sampler.sample()
+                direct_n = measure(f"run {i} direct @{n}", direct_url, CHAT_LUA, n, d)
+                stream = measure(f"run {i} gateway stream @{s}", gw_url, STREAM_LUA, s, d)
+                run_rss = max(run_rss, sampler.sample())
+                gw_results += [gateway_1, gateway_n, stream]
+                runs.append(RunResult(direct_1, gateway_1, gateway_n, direct_n, stream, run_rss))
+                log(f"run {i}: gateway RSS {run_rss:.1f} MB")
+                if gateway.poll() is not None:
+                    raise BenchError(f"gateway died (exit {gateway.returncode}):\n{tail(gw_log)}")
+
+            log("load done; waiting for the gateway to store every record")
+            metrics_text, pending = wait_flushed(metrics_url, db)
+            sampler.sample()
+        dropped = metric_value(metrics_text, "gatewatch_records_dropped_total")
+        stored_live = count_rows(db)
+        peak_hwm = (
+            sum(_proc_status_kb(p, "VmHWM") for p in [gateway.pid, *_descendants(gateway.pid)])
+            / 1024.0
+        )
+        max_rss = sampler.max_mb
+        log(f"stored while running: {stored_live}; pending {pending}; dropped {dropped}")
+
+        log("stopping the gateway (SIGTERM; it flushes on the way out)")
+        gateway_exit = stop_process(gateway, "gateway", SHUTDOWN_TIMEOUT)
+        stored = count_rows(db)
+        if stored is None:
+            stored = stored_live
+
+        sent_ok = sum(r.ok for r in gw_results)
+        everything = gw_results + [r.direct_1 for r in runs] + [r.direct_n for r in runs]
+        non2xx = sum(r.non2xx for r in everything)
+        socket_errors = sum(sum(r.socket_errors.values()) for r in everything)
+        inflight = sum(r.connections for r in gw_results)
+        checks = build_checks(
+            runs, n, s, sent_ok, non2xx, socket_errors, inflight, stored, dropped, max_rss
+        )
+        notes = [
+            f"records: {sent_ok:,} successful gateway requests reported by wrk "
+            f"({len(gw_results)} gateway wrk runs{' incl. warm-up' if args.warmup else ''}); "
+            f"{stored if stored is not None else '?'}"
+            f" rows in `requests` after shutdown ({stored_live} before SIGTERM); "
+            f"gatewatch_records_dropped_total = {dropped}; gatewatch_records_pending = {pending}",
+            f"gateway: peak RSS (VmHWM) {peak_hwm:.1f} MB; after SIGTERM: "
+            + (
+                f"ended by {signal.Signals(-gateway_exit).name} (uvicorn re-raises it when done)"
+                if gateway_exit is not None and gateway_exit < 0
+                else f"exit code {gateway_exit}"
+            ),
+            f"wrk: -t1, {d}s per measurement; stream runs use {STREAM_LUA.name} "
+            f"(include_usage); {os.cpu_count()} CPUs",
+        ]
+        busiest = max((r.other_cores or 0.0 for r in runs), default=0.0)
+        if busiest > NOISY_CORES:
+            notes.append(
+                f"NOTE: other processes used up to {busiest:.2f} cores during a measurement: "
+                "the machine was not quiet, so the figures (p99 most of all) are noisy."
+            )
+        alarm = ""
+        if non2xx:
+            alarm = (
+                f"!!! {non2xx} NON-2xx RESPONSES: the figures are NOT valid (errors are cheap)."
+                f"\n--- gateway log (tail) ---\n{tail(gw_log)}\n---"
+            )
+        print_report(runs, checks, notes, alarm)
+
+        if args.json:
+            payload = {
+                "config": {k: v for k, v in vars(args).items() if k != "json"},
+                "runs": [
+                    {
+                        **{k: asdict(v) for k, v in vars(r).items() if isinstance(v, WrkResult)},
+                        "rss_mb": r.rss_mb,
+                        "added_p50_ms": r.added_p50_ms,
+                        "added_p99_ms": r.added_p99_ms,
+                        "other_cores_max": r.other_cores,
+                    }
+                    for r in runs
+                ],
+                "warmup": asdict(gw_results[0]) if args.warmup > 0 else None,
+                "checks": [{**asdict(c), "verdict": c.verdict} for c in checks],
+                "records": {
+                    "sent_ok": sent_ok,
+                    "stored": stored,
+                    "stored_before_sigterm": stored_live,
+                    "dropped": dropped,
+                    "pending": pending,
+                    "inflight_bound": inflight,
+                },
+                "non2xx": non2xx,
+                "socket_errors": socket_errors,
+                "max_rss_mb": max_rss,
+                "peak_hwm_mb": peak_hwm,
+                "gateway_exit": gateway_exit,
+                "pass": all(c.ok is not False for c in checks),
+            }
+            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+            log(f"wrote {args.json}")
+        if non2xx:
+            return 3
+        return 0 if all(c.ok is not False for c in checks) else 1
+    except BaseException:
+        if gateway is not None and gateway.poll() is None:  # else the error shows the tail
+            log(f"gateway log tail ({gw_log}):\n{tail(gw_log)}")
+        raise
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            stop_process(gateway, "gateway", SHUTDOWN_TIMEOUT)
+        stop_process(upstream, "mock upstream", 5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk measurement")
+    p.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
+    p.add_argument("--connections", type=int, default=32, help="connections for the load runs")
+    p.add_argument("--stream-connections", type=int, default=8, help="connections, stream runs")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of gateway warm-up (0 = off)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--gatewatch", metavar="EXE", help="gatewatch executable (.venv/bin/gatewatch)")
+    p.add_argument("--wrk", metavar="EXE", help="wrk executable (default: wrk on PATH)")
+    p.add_argument("--path", default="/v1/chat/completions", help="request path on both servers")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (config, db, logs)")
+    args = p.parse_args(argv)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if not (0 < args.duration <= 600 and 0 <= args.warmup <= 600):
+        p.error("need 0 < --duration ≤ 600 and 0 ≤ --warmup ≤ 600")
+    if args.runs < 1 or args.connections < 1 or args.stream_connections < 1:
+        p.error("need --runs, --connections and --stream-connections ≥ 1")
+    for script in (CHAT_LUA, STREAM_LUA):
+        if not script.exists():
+            p.error(f"missing {script}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="gatewatch-bench-"))
+    log(f"temp dir {tmp}")
+    try:
+        with sigterm_as_interrupt():
+            return bench(args, tmp)
+    except BenchError as exc:
+        log(f"ERROR: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted; subprocesses stopped")
+        return 130
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

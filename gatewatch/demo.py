@@ -1,0 +1,232 @@
+"""``gatewatch demo``: the gateway in front of the built-in simulated provider, with a few hundred
+generated requests so that a first look shows real data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from typing import Any
+
+import httpx
+import uvicorn
+
+from gatewatch.app import Gateway
+from gatewatch.settings import Settings
+from gatewatch.simulator import create_simulator_app
+
+__all__ = ["demo_settings", "generate_traffic", "run_demo"]
+
+log = logging.getLogger("gatewatch.demo")
+
+_PEOPLE = [  # (user, org, user agent)
+    ("alice", "acme", "claude-cli/2.0.14 (external, cli)"),
+    ("bob", "acme", "OpenAI/Python 1.109.1"),
+    ("carol", "acme", "codex_cli_rs/0.46.0"),
+    ("dave", "globex", "Cursor/1.7"),
+    ("erin", "globex", "Anthropic/Python 0.69.0"),
+    ("ci-bot", "globex", "python-httpx/0.28.1"),
+]
+_PROMPTS = [
+    "Summarise the attached incident report in three bullet points.",
+    "What's the weather in Paris tomorrow?",
+    "Write a SQL query that finds the ten biggest customers by revenue.",
+    "Explain the difference between a mutex and a semaphore.",
+    "Translate 'good morning, how are you?' into French and German.",
+    "Review this diff and point out anything risky.",
+]
+_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def demo_settings(sim_url: str, database: str, admin_key: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "admin_key": admin_key,
+            "database": database,
+            "providers": [
+                {
+                    "name": "openai",
+                    "type": "openai",
+                    "base_url": f"{sim_url}/v1",
+                    "api_key": "sk-simulated",
+                    "timeout": 10,
+                },
+                {
+                    "name": "anthropic",
+                    "type": "anthropic",
+                    "base_url": sim_url,
+                    "api_key": "sk-ant-simulated",
+                    "timeout": 10,
+                },
+                {
+                    "name": "openai-eu",
+                    "type": "openai",
+                    "base_url": f"{sim_url}/v1",
+                    "api_key": "sk-simulated-eu",
+                    "timeout": 10,
+                },
+            ],
+            "models": {
+                "gpt-4o-mini": ["openai/gpt-4o-mini"],
+                "gpt-4o": ["openai/gpt-4o"],
+                "o3-mini": ["openai/o3-mini"],
+                "cached-gpt-4o-mini": ["openai/gpt-4o-mini-cached"],
+                "claude-sonnet-4-5": ["anthropic/claude-sonnet-4-5"],
+                "claude-haiku-4-5": ["anthropic/claude-haiku-4-5"],
+                "smart": ["openai/gpt-4o-error-500", "openai-eu/gpt-4o"],
+                "flaky": ["openai/gpt-4o-mini-error-429"],
+                "text-embedding-3-small": ["openai/text-embedding-3-small"],
+            },
+            # the simulator answers "cached" models with cache hits; price them like gpt-4o-mini
+            "prices": {
+                "openai/gpt-4o-mini-cached": {"input": 0.15, "output": 0.6, "cache_read": 0.075}
+            },
+        }
+    )
+
+
+async def generate_traffic(base_url: str, admin_key: str, n_requests: int, seed: int = 7) -> int:
+    """Send ``n_requests`` varied requests through the gateway; returns how many were answered."""
+    rng = random.Random(seed)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        keys: list[tuple[str, str]] = []
+        for user, org, ua in _PEOPLE:
+            resp = await client.post(
+                "/api/v1/keys",
+                json={
+                    "user": user,
+                    "org": org,
+                    "name": f"{user}-laptop",
+                    "role": "admin" if user == "alice" else "member",
+                },
+                headers={"Authorization": f"Bearer {admin_key}"},
+            )
+            resp.raise_for_status()
+            keys.append((resp.json()["key"], ua))
+        sem = asyncio.Semaphore(8)
+        answered = 0
+
+        async def one(i: int) -> None:
+            nonlocal answered
+            key, ua = rng.choice(keys)
+            headers = {
+                "Authorization": f"Bearer {key}",
+                "User-Agent": ua,
+                "x-gatewatch-session": f"s-{i // 10}",
+                "x-gatewatch-workflow": rng.choice(["chat", "code-review", "triage"]),
+                "x-gatewatch-tags": rng.choice(["prod", "prod,beta", "eval"]),
+                "x-gatewatch-meta-team": rng.choice(["search", "payments", "infra"]),
+            }
+            prompt = rng.choice(_PROMPTS)
+            stream = rng.random() < 0.4
+            roll = rng.random()
+            if roll < 0.45:
+                model = rng.choice(
+                    ["gpt-4o-mini", "gpt-4o", "o3-mini", "cached-gpt-4o-mini", "smart", "flaky"]
+                )
+                body: dict[str, Any] = {
+                    "model": model,
+                    "stream": stream,
+                    "messages": [{"role": "user", "content": prompt}],
+                }
+                if "weather" in prompt:
+                    body["tools"] = [_WEATHER_TOOL]
+                path = "/v1/chat/completions"
+            elif roll < 0.8:
+                body = {
+                    "model": rng.choice(["claude-sonnet-4-5", "claude-haiku-4-5"]),
+                    "max_tokens": 512,
+                    "stream": stream,
+                    "messages": [{"role": "user", "content": prompt}],
+                }
+                if "weather" in prompt:
+                    body["tools"] = [
+                        {
+                            "name": "get_weather",
+                            "description": "Weather",
+                            "input_schema": {"type": "object"},
+                        }
+                    ]
+                path = "/v1/messages"
+            elif roll < 0.92:
+                body = {"model": "gpt-4o-mini", "input": prompt, "stream": stream}
+                path = "/v1/responses"
+            else:
+                body = {"model": "text-embedding-3-small", "input": prompt}
+                path = "/v1/embeddings"
+            async with sem:
+                try:
+                    resp = await client.post(path, json=body, headers=headers)
+                    answered += 1
+                    if resp.status_code >= 500:
+                        log.debug("demo request %d answered %d", i, resp.status_code)
+                except httpx.HTTPError:
+                    log.debug("demo request %d failed", i, exc_info=True)
+
+        await asyncio.gather(*(one(i) for i in range(n_requests)))
+        return answered
+
+
+async def _serve(port: int, n_requests: int, database: str) -> None:
+    sim = uvicorn.Server(
+        uvicorn.Config(
+            create_simulator_app(latency=0.15, stream_delay=0.02, seed=1),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    sim_task = asyncio.create_task(sim.serve())
+    while not sim.started:
+        await asyncio.sleep(0.02)
+    sim_port = sim.servers[0].sockets[0].getsockname()[1]
+    admin_key = "gw-demo-" + secrets.token_urlsafe(24)
+    settings = demo_settings(f"http://127.0.0.1:{sim_port}", database, admin_key)
+    gw = uvicorn.Server(
+        uvicorn.Config(
+            Gateway(settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+        )
+    )
+    gw_task = asyncio.create_task(gw.serve())
+    while not gw.started:
+        if gw_task.done():
+            await gw_task
+            return
+        await asyncio.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    print(f"gatewatch demo: gateway on {url}, simulated provider on port {sim_port}")
+    print(f"  admin key (owner): {admin_key}")
+    print(f"  generating {n_requests} requests …", flush=True)
+    answered = await generate_traffic(url, admin_key, n_requests)
+    print(f"  {answered} requests answered and recorded. Look at them:")
+    print(f"    export GATEWATCH_URL={url} GATEWATCH_TOKEN={admin_key}")
+    print("    gatewatch requests list")
+    print(f"  or point an SDK at {url}/v1 (OpenAI) or {url} (Anthropic) with that key.")
+    print("  Ctrl-C stops the demo.", flush=True)
+    try:
+        await gw_task
+    finally:
+        sim.should_exit = True
+        await sim_task
+
+
+def run_demo(port: int = 4000, n_requests: int = 300, database: str = "") -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    database = database or "sqlite:///gatewatch-demo.db"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(port, n_requests, database))
