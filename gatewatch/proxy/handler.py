@@ -184,6 +184,7 @@ class ProxyHandler:
         self.metrics.inflight.inc()
         upstream_time = [0.0]
         watch: _Disconnect | None = None
+        reply = send  # once the provider is being waited on: stops the watch before the end
         try:
             if scope["method"] != endpoint.method:
                 raise GatewayError(
@@ -208,19 +209,12 @@ class ProxyHandler:
                 rec.last_user_prompt = last_user_prompt(endpoint.kind, payload)
             targets = self.router.resolve(family, model, pname)
             watch = _Disconnect(receive)
+            reply = watch.guard(send)
             await self._forward(
-                rec,
-                endpoint,
-                targets,
-                payload,
-                body,
-                headers,
-                watch,
-                watch.guard(send),
-                upstream_time,
+                rec, endpoint, targets, payload, body, headers, watch, reply, upstream_time
             )
         except GatewayError as err:
-            await self._send_error(send, rec, family, err)
+            await self._send_error(reply, rec, family, err)
         except _ClientGone:
             self._client_gone(rec)
         except asyncio.CancelledError:
@@ -233,7 +227,7 @@ class ProxyHandler:
                 500, f"internal gateway error: {type(exc).__name__}", "internal"
             )
             try:
-                await self._send_error(send, rec, family, internal)
+                await self._send_error(reply, rec, family, internal)
             except Exception:
                 rec.status, rec.status_code = "error", 500
         finally:
