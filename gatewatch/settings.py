@@ -149,7 +149,7 @@ class Settings(_Section):
     record_queue_size: int = Field(
         default=50_000, ge=1, description="Records waiting to be stored before new ones are dropped"
     )
-    record_batch_size: int = Field(default=64, ge=1, description="Records per insert transaction")
+    record_batch_size: int = Field(default=1000, ge=1, description="Records per insert transaction")
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds shutdown waits for queued records to be stored"
     )
