@@ -70,6 +70,11 @@ def _api(url: str, token: str | None, method: str, path: str, **kw: Any) -> Any:
     return resp.json()
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not None)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -198,20 +203,16 @@ def requests_list(
     fmt: FormatOpt = "table",
 ) -> None:
     """List request records, newest first."""
-    params = {
-        k: v
-        for k, v in dict(
-            initiator=initiator,
-            provider=provider,
-            model=model,
-            status=status,
-            started_after=started_after,
-            started_before=started_before,
-            q=q,
-            limit=limit,
-        ).items()
-        if v is not None
-    }
+    params = _given(
+        initiator=initiator,
+        provider=provider,
+        model=model,
+        status=status,
+        started_after=started_after,
+        started_before=started_before,
+        q=q,
+        limit=limit,
+    )
     page = _api(url, token, "GET", "/api/v1/requests", params=params)
     _print_rows(page["results"], fmt, _LIST_COLUMNS)
     if fmt == "table":
@@ -253,20 +254,16 @@ def keys_create(
     """Create a key. Its secret is printed this once."""
     if fmt not in ("table", "json", "csv"):
         _fail(f"--format: {fmt!r} is not one of table, json, csv", 2)
-    body = {
-        k: v
-        for k, v in dict(
-            user=user,
-            name=name,
-            org=org,
-            role=role,
-            budget_usd=budget_usd,
-            budget_period=budget_period,
-            rpm=rpm,
-            tpm=tpm,
-        ).items()
-        if v is not None
-    }
+    body = _given(
+        user=user,
+        name=name,
+        org=org,
+        role=role,
+        budget_usd=budget_usd,
+        budget_period=budget_period,
+        rpm=rpm,
+        tpm=tpm,
+    )
     row = _api(url, token, "POST", "/api/v1/keys", json=body)
     if fmt == "json":
         sys.stdout.write(json.dumps(row, indent=2) + "\n")

@@ -192,9 +192,10 @@ async def _serve(port: int, n_requests: int, database: str) -> None:
     sim_port = sim.servers[0].sockets[0].getsockname()[1]
     admin_key = "gw-demo-" + secrets.token_urlsafe(24)
     settings = demo_settings(f"http://127.0.0.1:{sim_port}", database, admin_key)
+    gateway = Gateway(settings)
     gw = uvicorn.Server(
         uvicorn.Config(
-            Gateway(settings),
+            gateway,
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -213,6 +214,8 @@ async def _serve(port: int, n_requests: int, database: str) -> None:
     print(f"  admin key (owner): {admin_key}")
     print(f"  generating {n_requests} requests …", flush=True)
     answered = await generate_traffic(url, admin_key, n_requests)
+    while gateway.writer.pending:  # "recorded" below means stored
+        await asyncio.sleep(0.01)
     print(f"  {answered} requests answered and recorded. Look at them:")
     print(f"    export GATEWATCH_URL={url} GATEWATCH_TOKEN={admin_key}")
     print("    gatewatch requests list")

@@ -101,10 +101,10 @@ def test_sigterm_stores_every_queued_record(
         assert statuses == [200] * n
 
         try:
-            out, err = proc.communicate(timeout=30)
+            _, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             raise AssertionError(f"gateway did not exit within 30s of {sig.name}:\n{err}") from None
     finally:
         if proc.poll() is None:
