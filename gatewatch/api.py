@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
+from gatewatch.controls import Controls
+from gatewatch.controls.breaker import CircuitBreakers
+from gatewatch.records import format_ts
 from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filters
 
 __all__ = ["ApiError", "create_api"]
@@ -52,7 +55,7 @@ class KeyCreate(BaseModel):
     org: str | None = Field(default=None, max_length=200, description="Org name; created when new")
     role: Literal["member", "admin", "owner"] = "member"
     budget_usd: float | None = Field(default=None, ge=0)
-    budget_period: Literal["day", "week", "month"] = "month"
+    budget_period: Literal["day", "week", "month", "total"] = "month"
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
 
@@ -62,7 +65,7 @@ class KeyUpdate(BaseModel):
     name: str | None = Field(default=None, max_length=200)
     role: Literal["member", "admin", "owner"] | None = None
     budget_usd: float | None = Field(default=None, ge=0)
-    budget_period: Literal["day", "week", "month"] | None = None
+    budget_period: Literal["day", "week", "month", "total"] | None = None
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
 
@@ -70,7 +73,7 @@ class KeyUpdate(BaseModel):
 class LimitsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     budget_usd: float | None = Field(default=None, ge=0)
-    budget_period: Literal["day", "week", "month"] | None = None
+    budget_period: Literal["day", "week", "month", "total"] | None = None
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
 
@@ -87,7 +90,22 @@ class OrgCreate(LimitsUpdate):
 _ROLE_RANK = {"member": 0, "admin": 1, "owner": 2}
 
 
-def create_api(store: Store, keys: KeyCache) -> FastAPI:
+def _iso(ts: float) -> str:
+    return format_ts(ts)
+
+
+class Adjustment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: Literal["key", "user", "org"]
+    scope_id: str = Field(min_length=1, description="The key, user or org id")
+    amount_usd: float | None = Field(default=None, description="Positive charges, negative credits")
+    reset: bool = Field(default=False, description="Bring this period's spend back to zero")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+def create_api(
+    store: Store, keys: KeyCache, controls: Controls, breakers: CircuitBreakers
+) -> FastAPI:
     app = FastAPI(
         title="gatewatch management API",
         version="1",
@@ -177,6 +195,63 @@ def create_api(store: Store, keys: KeyCache) -> FastAPI:
         row = await run(store.get_request, ident.scope, request_id)
         if row is None:
             raise ApiError(404, f"no request {request_id}")
+        return dict(row)
+
+    @app.get("/api/v1/providers", summary="Health of each provider/model target (§C3)")
+    async def providers(ident: Caller) -> dict[str, Any]:
+        return {"targets": breakers.snapshot()}
+
+    # ---- billing (§A5) ----------------------------------------------------------------------
+
+    @app.get("/api/v1/billing/balance", summary="The calling key's budgets this period (§A5)")
+    async def balance(ident: Caller) -> dict[str, Any]:
+        budgets = []
+        for check in controls.budget_checks(ident):
+            spent = await controls.backend.spent(check)
+            budgets.append({
+                "scope": check.scope, "scope_id": check.scope_id, "name": check.name,
+                "period": check.period, "limit_usd": check.limit_usd,
+                "spent_usd": round(spent, 10),
+                "remaining_usd": round(max(check.limit_usd - spent, 0.0), 10),
+                "period_start": _iso(check.start) if check.period != "total" else None,
+                "period_end": _iso(check.end) if check.period != "total" else None,
+            })  # fmt: skip
+        return {"key_id": ident.key_id, "budgets": budgets}
+
+    @app.get("/api/v1/billing/transactions", summary="Spend ledger, newest first (§A5)")
+    async def transactions(
+        ident: Caller,
+        limit: Annotated[int, Query(description="1-1000")] = 100,
+        after_id: Annotated[str | None, Query()] = None,
+        scope: Annotated[Literal["key", "user", "org"] | None, Query()] = None,
+        scope_id: Annotated[str | None, Query()] = None,
+    ) -> dict[str, Any]:
+        if (scope is None) != (scope_id is None):
+            raise ApiError(400, "scope and scope_id go together", "scope")
+        filters = {"scope": scope, "scope_id": scope_id} if scope and scope_id else {}
+        page = await run(store.list_transactions, ident.scope, filters, page_limit(limit), after_id)
+        return {"results": page.results, "next_after_id": page.next_after_id}
+
+    @app.post("/api/v1/billing/adjustments", status_code=201, summary="Credit, charge or reset")
+    async def adjust(body: Adjustment, ident: Caller) -> dict[str, Any]:
+        require_admin(ident)
+        kind = {"key": "keys", "user": "users", "org": "orgs"}[body.scope]
+        target = await run(store.get_entity, kind, ident.scope, body.scope_id)
+        if target is None:
+            raise ApiError(404, f"no {body.scope} {body.scope_id}", "scope_id")
+        if body.reset == (body.amount_usd is not None):
+            raise ApiError(400, "give either amount_usd or reset: true", "amount_usd")
+        org_id = target["id"] if body.scope == "org" else target["org_id"]
+        amount = body.amount_usd or 0.0
+        if body.reset:
+            w = controls.window(target.get("budget_period") or "month")
+            spent = await run(store.spend, body.scope, body.scope_id, w.start, w.end)
+            amount = -spent
+        row = await run(
+            store.add_adjustment, body.scope, body.scope_id, org_id, amount, body.reason,
+            ident.key_id,
+        )  # fmt: skip
+        await controls.forget(body.scope, body.scope_id)
         return dict(row)
 
     # ---- keys, users, orgs (§A6) -----------------------------------------------------------

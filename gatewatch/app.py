@@ -12,10 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatewatch.api import create_api
 from gatewatch.auth import ADMIN_KEY_ID, KeyCache, hash_key
+from gatewatch.controls import Controls
+from gatewatch.controls.breaker import STATE_VALUES, CircuitBreakers
 from gatewatch.metrics import Metrics
 from gatewatch.pricing import PriceBook, warm_price_table
-from gatewatch.proxy import ProxyHandler, match_proxy_path
-from gatewatch.proxy.handler import ASGIScope, Message, Receive, Send
+from gatewatch.proxy.handler import (
+    ASGIScope,
+    Message,
+    ProxyHandler,
+    Receive,
+    Send,
+    match_proxy_path,
+)
 from gatewatch.settings import Settings
 from gatewatch.store import RecordWriter, Scope, Store, open_store
 
@@ -42,10 +50,15 @@ class Gateway:
             keep_bodies=settings.content == "full",
         )
         self.metrics.records_pending.set_function(lambda: self.writer.pending)
+        self.controls = Controls(settings, self.store, self.metrics)
+        self.breakers = CircuitBreakers.from_settings(settings.circuit_breaker)
+        for targets in (settings.models or {}).values():
+            self.breakers.register(targets)
         self.proxy = ProxyHandler(
-            settings, self.keys, self.writer, self.metrics, PriceBook(settings.prices)
-        )
-        self.api = create_api(self.store, self.keys)
+            settings, self.keys, self.writer, self.metrics, PriceBook(settings.prices),
+            self.controls, self.breakers,
+        )  # fmt: skip
+        self.api = create_api(self.store, self.keys, self.controls, self.breakers)
         self._providers = {p.name: p for p in settings.providers}
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
@@ -88,6 +101,7 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.proxy.close()
+        await self.controls.close()
         pending = self.writer.pending
         await asyncio.to_thread(self.writer.close, self.settings.shutdown_timeout)
         if self.writer.pending:
@@ -109,6 +123,11 @@ class Gateway:
                 await self.proxy(scope, receive, send, *matched)
                 return
             if path == "/metrics":
+                for row in self.breakers.snapshot():
+                    provider, _, model = row["target"].partition("/")
+                    self.metrics.circuit_state.labels(provider, model).set(
+                        STATE_VALUES[row["state"]]
+                    )
                 body = generate_latest(self.metrics.registry)
                 await send(
                     {

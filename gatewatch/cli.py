@@ -246,7 +246,7 @@ def keys_create(
     org: Annotated[str | None, typer.Option(help="Organization name (created when new)")] = None,
     role: Annotated[str, typer.Option(help="member | admin | owner")] = "member",
     budget_usd: Annotated[float | None, typer.Option()] = None,
-    budget_period: Annotated[str, typer.Option(help="day | week | month")] = "month",
+    budget_period: Annotated[str, typer.Option(help="day | week | month | total")] = "month",
     rpm: Annotated[int | None, typer.Option()] = None,
     tpm: Annotated[int | None, typer.Option()] = None,
     fmt: FormatOpt = "table",

@@ -52,6 +52,12 @@ class Metrics:
         self.records_pending = Gauge(
             "gatewatch_records_pending", "Request records not yet stored", registry=r
         )
+        self.circuit_state = Gauge(
+            "gatewatch_circuit_state",
+            "Circuit breaker per provider/model target: 0 closed, 1 half-open, 2 open",
+            ["provider", "model"],
+            registry=r,
+        )
         self.records_dropped = Counter(
             "gatewatch_records_dropped", "Request records dropped (queue full)", registry=r
         )

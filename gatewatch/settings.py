@@ -19,11 +19,13 @@ from pydantic import (
 )
 
 __all__ = [
+    "BudgetSettings",
     "CircuitBreakerSettings",
     "ConfigError",
     "LimitsSettings",
     "PriceOverride",
     "ProviderSettings",
+    "RateLimitSettings",
     "RetentionSettings",
     "Settings",
     "load_settings",
@@ -120,6 +122,41 @@ class CircuitBreakerSettings(_Section):
         return parse_duration(v)
 
 
+class BudgetSettings(_Section):
+    timezone: str = Field(default="UTC", description="IANA zone of the calendar budget periods")
+    default_output_tokens: int = Field(
+        default=1024,
+        ge=0,
+        description="Output tokens reserved for a request that sets no max_tokens",
+    )
+    unknown_price_reservation_usd: float = Field(
+        default=0.0, ge=0, description="Reserved for a request whose model has no price"
+    )
+    redis_failure: Literal["open", "closed"] = Field(
+        default="open",
+        description="Redis unreachable: open = keep serving with per-process counters, "
+        "closed = refuse with 503",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r} (use an IANA name like Europe/Paris)"
+            ) from None
+        return v
+
+
+class RateLimitSettings(_Section):
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute")
+
+
 class PriceOverride(_Section):
     """USD per million tokens."""
 
@@ -142,6 +179,11 @@ class Settings(_Section):
     providers: list[ProviderSettings] = Field(default_factory=list)
     models: dict[str, list[str]] | None = Field(
         default=None, description="Model name → ordered 'provider/model' failover targets"
+    )
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    model_limits: dict[str, RateLimitSettings] = Field(
+        default_factory=dict,
+        description="Model name → rpm/tpm that each key may use of that model",
     )
     prices: dict[str, PriceOverride] = Field(
         default_factory=dict, description="'provider/model' → price override (USD per Mtok)"

@@ -22,6 +22,7 @@ _TYPES = {
     429: ("rate_limit_error", "rate_limit_error"),
     500: ("server_error", "api_error"),
     502: ("upstream_error", "api_error"),
+    503: ("service_unavailable", "overloaded_error"),
     504: ("timeout_error", "timeout_error"),
 }
 

@@ -16,6 +16,8 @@ import orjson
 
 from gatewatch.attribution import apply_attribution
 from gatewatch.auth import KeyCache, secret_from_headers
+from gatewatch.controls import Controls, Ticket
+from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.metrics import Metrics
 from gatewatch.pricing import PriceBook, Usage
 from gatewatch.proxy.errors import Family, GatewayError, error_body, sse_error_event
@@ -139,8 +141,12 @@ class ProxyHandler:
         writer: RecordWriter,
         metrics: Metrics,
         prices: PriceBook,
+        controls: Controls,
+        breakers: CircuitBreakers,
     ) -> None:
         self.settings = settings
+        self.controls = controls
+        self.breakers = breakers
         self.router = Router(settings)
         self.keys = keys
         self.writer = writer
@@ -184,6 +190,7 @@ class ProxyHandler:
         self.metrics.inflight.inc()
         upstream_time = [0.0]
         watch: _Disconnect | None = None
+        ticket: Ticket | None = None
         reply = send  # once the provider is being waited on: stops the watch before the end
         try:
             if scope["method"] != endpoint.method:
@@ -208,8 +215,13 @@ class ProxyHandler:
                 rec.request_body = body
                 rec.last_user_prompt = last_user_prompt(endpoint.kind, payload)
             targets = self.router.resolve(family, model, pname)
+            first = targets[0]
+            ticket = await self.controls.admit(
+                ident, model, payload, len(body),
+                lambda: self.prices.rates(first.provider, first.model),
+            )  # fmt: skip
             watch = _Disconnect(receive)
-            reply = watch.guard(send)
+            reply = watch.guard(send if ticket is None else ticket.add_headers(send))
             await self._forward(
                 rec, endpoint, targets, payload, body, headers, watch, reply, upstream_time
             )
@@ -233,6 +245,9 @@ class ProxyHandler:
         finally:
             if watch is not None:
                 watch.stop()
+            if ticket is not None:  # charged before the record is even queued (§C1)
+                tokens = (rec.input_tokens or 0) + (rec.output_tokens or 0)
+                await self.controls.settle(ticket, rec.cost_usd, tokens)
             self.metrics.inflight.dec()
             self._finish(rec, t0, upstream_time[0])
 
@@ -357,76 +372,52 @@ class ProxyHandler:
         upstream_time: list[float],
     ) -> None:
         assert self.session is not None
+        breakers = self.breakers
         last: _UpstreamFailed | None = None
         last_response: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+        skipped: list[str] = []
         for target in targets:
-            rec.provider = target.provider.name
-            data, strip_usage = self._body_for(target, payload, body, rec, endpoint.kind)
-            total_t, stream_t = self._timeouts[target.provider.name]
-            a0 = time.perf_counter()
-            attempt = Attempt(target.provider.name, target.model, None, "ok", 0.0)
-            rec.attempts.append(attempt)
+            key = target.key
+            if not breakers.allow(key):  # §C3: an open target is skipped
+                rec.attempts.append(
+                    Attempt(target.provider.name, target.model, None, "circuit_open", 0.0)
+                )
+                skipped.append(key)
+                continue
+            verdict = False
             try:
-                resp = await self.session.post(
-                    upstream_url(target.provider, endpoint.path),
-                    data=data,
-                    headers=self._upstream_headers(target, headers),
-                    timeout=stream_t if rec.stream else total_t,
+                outcome = await self._attempt(
+                    rec, endpoint, target, payload, body, headers, watch, send, upstream_time
                 )
-            except (TimeoutError, aiohttp.ServerTimeoutError):
-                last = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
-            except aiohttp.ClientError as exc:
-                last = _UpstreamFailed(
-                    "connect_error", f"cannot reach {target.provider.name}: {exc}"
-                )
-            else:
-                attempt.status_code = resp.status
-                try:
-                    if (
-                        rec.stream
-                        and resp.status < 300
-                        and resp.content_type == "text/event-stream"
-                    ):
-                        await self._relay_stream(
-                            rec,
-                            endpoint,
-                            target,
-                            resp,
-                            strip_usage,
-                            watch,
-                            send,
-                            a0,
-                            upstream_time,
-                        )
-                        attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
-                        return
-                    content = await resp.read()
-                except _UpstreamFailed as exc:
-                    last = exc
-                except (TimeoutError, aiohttp.ServerTimeoutError):
-                    last = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
-                except aiohttp.ClientError as exc:
-                    last = _UpstreamFailed(
-                        "connect_error", f"{target.provider.name} broke the connection: {exc}"
-                    )
-                else:
-                    upstream_time[0] += time.perf_counter() - a0
-                    attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
-                    if resp.status == 429 or resp.status >= 500:
-                        attempt.reason = "rate_limited" if resp.status == 429 else "upstream_5xx"
-                        last = None
-                        last_response = (resp.status, content, self._relayed(resp))
-                        continue
-                    if resp.status >= 400:
-                        attempt.reason = "upstream_4xx"
-                    await self._send_blocking(rec, endpoint, target, resp, content, send)
-                    return
-                finally:
-                    resp.release()
-            upstream_time[0] += time.perf_counter() - a0
-            attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
-            attempt.reason = last.reason if last else "error"
-            last_response = None
+                ms = rec.attempts[-1].duration_ms
+                if isinstance(outcome, _UpstreamFailed):
+                    breakers.record_failure(key, ms)
+                    verdict = True
+                    last, last_response = outcome, None
+                    continue
+                if isinstance(outcome, tuple):  # 429 / 5xx: try the next target
+                    breakers.record_failure(key, ms)
+                    verdict = True
+                    last, last_response = None, outcome
+                    continue
+                if outcome:  # the target answered
+                    breakers.record_success(key, ms)
+                else:  # a 4xx about the request itself says nothing about the target
+                    breakers.release(key)
+                verdict = True
+                return
+            finally:
+                if not verdict:
+                    breakers.release(key)
+        if last is None and last_response is None:  # every target is open
+            retry = max(1, int(breakers.retry_after(skipped) + 0.999))
+            raise GatewayError(
+                503,
+                f"every target for {rec.model_requested!r} is failing and paused"
+                f" ({', '.join(skipped)}); retry in {retry}s",
+                "circuit_open",
+                headers=[(b"retry-after", str(retry).encode())],
+            )
         # every target failed
         if last_response is not None:
             status, content, extra = last_response
@@ -443,6 +434,83 @@ class ProxyHandler:
         if last.reason == "timeout":
             raise GatewayError(504, f"upstream timeout: {last}", "upstream_timeout")
         raise GatewayError(502, f"upstream unavailable: {last}", "upstream_unavailable")
+
+    async def _attempt(
+        self,
+        rec: Record,
+        endpoint: Endpoint,
+        target: Target,
+        payload: dict[str, Any],
+        body: bytes,
+        headers: dict[bytes, bytes],
+        watch: _Disconnect,
+        send: Send,
+        upstream_time: list[float],
+    ) -> _UpstreamFailed | tuple[int, bytes, list[tuple[bytes, bytes]]] | bool:
+        """One try at one target. Returns a failure to fail over from (connection, timeout,
+        or the provider's 429/5xx answer, not yet relayed), or whether the answer relayed to
+        the client was a success (True) or the provider refusing the request itself (False)."""
+        assert self.session is not None
+        rec.provider = target.provider.name
+        data, strip_usage = self._body_for(target, payload, body, rec, endpoint.kind)
+        total_t, stream_t = self._timeouts[target.provider.name]
+        a0 = time.perf_counter()
+        attempt = Attempt(target.provider.name, target.model, None, "ok", 0.0)
+        rec.attempts.append(attempt)
+        failed: _UpstreamFailed
+        try:
+            resp = await self.session.post(
+                upstream_url(target.provider, endpoint.path),
+                data=data,
+                headers=self._upstream_headers(target, headers),
+                timeout=stream_t if rec.stream else total_t,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            failed = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
+        except aiohttp.ClientError as exc:
+            failed = _UpstreamFailed("connect_error", f"cannot reach {target.provider.name}: {exc}")
+        else:
+            attempt.status_code = resp.status
+            try:
+                if rec.stream and resp.status < 300 and resp.content_type == "text/event-stream":
+                    await self._relay_stream(
+                        rec,
+                        endpoint,
+                        target,
+                        resp,
+                        strip_usage,
+                        watch,
+                        send,
+                        a0,
+                        attempt,
+                        upstream_time,
+                    )
+                    return True
+                content = await resp.read()
+            except _UpstreamFailed as exc:
+                failed = exc
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                failed = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
+            except aiohttp.ClientError as exc:
+                failed = _UpstreamFailed(
+                    "connect_error", f"{target.provider.name} broke the connection: {exc}"
+                )
+            else:
+                upstream_time[0] += time.perf_counter() - a0
+                attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
+                if resp.status == 429 or resp.status >= 500:
+                    attempt.reason = "rate_limited" if resp.status == 429 else "upstream_5xx"
+                    return resp.status, content, self._relayed(resp)
+                if resp.status >= 400:
+                    attempt.reason = "upstream_4xx"
+                await self._send_blocking(rec, endpoint, target, resp, content, send)
+                return resp.status < 400
+            finally:
+                resp.release()
+        upstream_time[0] += time.perf_counter() - a0
+        attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)
+        attempt.reason = failed.reason
+        return failed
 
     @staticmethod
     def _relayed(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
@@ -534,6 +602,7 @@ class ProxyHandler:
         watch: _Disconnect,
         send: Send,
         a0: float,
+        attempt: Attempt,
         upstream_time: list[float],
     ) -> None:
         parser = SSEParser()
@@ -561,6 +630,7 @@ class ProxyHandler:
         if not first:
             raise _UpstreamFailed("empty_stream", f"{target.provider.name} sent an empty stream")
         rec.ttft_ms = round((time.time() - rec.started) * 1000, 3)
+        attempt.duration_ms = round((time.perf_counter() - a0) * 1000, 3)  # to the first chunk
         out = take(first)
         rec.status_code = resp.status
         rec.model = reader.model or target.model

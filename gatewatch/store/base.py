@@ -10,11 +10,24 @@ from typing import Any
 from gatewatch.records import Record
 from gatewatch.store.query import RequestQuery, Scope
 
-__all__ = ["Identity", "Page", "Store", "StoreError"]
+__all__ = ["Identity", "Page", "ScopeLimits", "Store", "StoreError"]
 
 
 class StoreError(Exception):
     """A store operation that cannot be done (conflict, not found); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    """The budget and rate limits set on one of a key's scopes (its key, user or org)."""
+
+    scope: str  # key | user | org
+    scope_id: str
+    name: str
+    budget_usd: float | None
+    budget_period: str
+    rpm: int | None
+    tpm: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +42,7 @@ class Identity:
     org_name: str
     role: str
     revoked: bool = False
+    limits: tuple[ScopeLimits, ...] = ()
 
     @property
     def scope(self) -> Scope:
@@ -77,6 +91,21 @@ class Store(abc.ABC):
     def iter_requests(
         self, scope: Scope, query: RequestQuery, page_size: int = 1000
     ) -> Iterator[dict[str, Any]]: ...
+
+    # billing
+    @abc.abstractmethod
+    def spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
+        """USD charged to a key, user or org in [start, end): request costs plus adjustments."""
+
+    @abc.abstractmethod
+    def add_adjustment(
+        self, scope: str, scope_id: str, org_id: str, amount_usd: float, reason: str, by: str
+    ) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def list_transactions(
+        self, scope: Scope, filters: dict[str, str], limit: int, after_id: str | None
+    ) -> Page: ...
 
     # identities
     @abc.abstractmethod

@@ -76,9 +76,10 @@ def m002_requests(db: sqlite3.Connection) -> None:
         ) WITHOUT ROWID;
         -- One index per filter, in id order, carrying the scope columns (org_id, user_id) so a
         -- scoped count or page never has to visit the table to check the scope.
-        CREATE INDEX requests_org ON requests(org_id, id);
-        CREATE INDEX requests_user ON requests(user_id, id, org_id);
-        CREATE INDEX requests_key ON requests(api_key_id, id, org_id, user_id);
+        -- The scope indexes also carry cost_usd: a budget's spend in a period is a range scan.
+        CREATE INDEX requests_org ON requests(org_id, id, cost_usd);
+        CREATE INDEX requests_user ON requests(user_id, id, org_id, cost_usd);
+        CREATE INDEX requests_key ON requests(api_key_id, id, org_id, user_id, cost_usd);
         CREATE INDEX requests_provider ON requests(provider, id, org_id, user_id);
         CREATE INDEX requests_status ON requests(status, id, org_id, user_id);
         CREATE INDEX requests_status_code ON requests(status_code, id, org_id, user_id);
@@ -102,9 +103,29 @@ def m002_requests(db: sqlite3.Connection) -> None:
     )
 
 
+def m003_billing(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        -- Manual credits and charges (§A5); charges for requests are the records' cost_usd.
+        CREATE TABLE billing_adjustments (
+            id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL, scope_id TEXT NOT NULL,
+            org_id TEXT NOT NULL,
+            amount_usd REAL NOT NULL,
+            reason TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX billing_adjustments_scope ON billing_adjustments(scope, scope_id, id);
+        CREATE INDEX billing_adjustments_org ON billing_adjustments(org_id, id);
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_identities", m001_identities),
     ("m002_requests", m002_requests),
+    ("m003_billing", m003_billing),
 ]
 
 

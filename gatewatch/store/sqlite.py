@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from gatewatch.records import COLUMNS, Record, format_ts, new_id
-from gatewatch.store.base import Identity, Page, Store, StoreError
+from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope, and_where
 
@@ -74,6 +74,13 @@ _ENTITY_SCOPE = {
     "orgs": ("o.id = ?", "o.id = ?"),
 }
 _ALIAS = {"keys": "k", "users": "u", "orgs": "o"}
+
+
+def _ulid_floor(ts: float) -> str:
+    """The smallest id of the millisecond ``ts`` (ids are ULIDs that start with their time)."""
+    from ulid import ULID
+
+    return str(ULID.from_bytes(ULID.from_timestamp(ts).bytes[:6] + b"\x00" * 10))
 
 
 def _now() -> str:
@@ -337,7 +344,10 @@ class SQLiteStore(Store):
             self._reader()
             .execute(
                 "SELECT k.id, k.name, u.id, u.name, o.id, o.name, k.role,"
-                " k.revoked_at IS NOT NULL OR u.revoked_at IS NOT NULL OR o.revoked_at IS NOT NULL"
+                " k.revoked_at IS NOT NULL OR u.revoked_at IS NOT NULL OR o.revoked_at IS NOT NULL,"
+                " k.budget_usd, k.budget_period, k.rpm, k.tpm,"
+                " u.budget_usd, u.budget_period, u.rpm, u.tpm,"
+                " o.budget_usd, o.budget_period, o.rpm, o.tpm"
                 " FROM keys k JOIN users u ON u.id = k.user_id JOIN orgs o ON o.id = k.org_id"
                 " WHERE k.key_hash = ?",
                 (key_hash,),
@@ -346,10 +356,102 @@ class SQLiteStore(Store):
         )
         if row is None:
             return None
-        key_id, key_name, user_id, user_name, org_id, org_name, role, revoked = row
-        return Identity(
-            key_id, key_name, user_id, user_name, org_id, org_name, role, revoked=bool(revoked)
+        key_id, key_name, user_id, user_name, org_id, org_name, role, revoked = row[:8]
+        limits = tuple(
+            ScopeLimits(scope, sid, name, *row[i : i + 4])
+            for scope, sid, name, i in (
+                ("key", key_id, key_name, 8),
+                ("user", user_id, user_name, 12),
+                ("org", org_id, org_name, 16),
+            )
+            if any(v is not None for v in (row[i], row[i + 2], row[i + 3]))
         )
+        return Identity(
+            key_id, key_name, user_id, user_name, org_id, org_name, role, bool(revoked), limits
+        )
+
+    # ---- billing ---------------------------------------------------------------------------
+
+    _SPEND_COLUMN = {"key": "api_key_id", "user": "user_id", "org": "org_id"}
+
+    def spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
+        column = self._SPEND_COLUMN[scope]
+        lo, hi = _ulid_floor(start), _ulid_floor(min(end, 253402300799.0))
+        db = self._reader()
+        charged = db.execute(
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM requests"
+            f" WHERE {column} = ? AND id >= ? AND id < ?",
+            (scope_id, lo, hi),
+        ).fetchone()[0]
+        adjusted = db.execute(
+            "SELECT COALESCE(SUM(amount_usd), 0) FROM billing_adjustments"
+            " WHERE scope = ? AND scope_id = ? AND id >= ? AND id < ?",
+            (scope, scope_id, lo, hi),
+        ).fetchone()[0]
+        return float(charged) + float(adjusted)
+
+    def add_adjustment(
+        self, scope: str, scope_id: str, org_id: str, amount_usd: float, reason: str, by: str
+    ) -> dict[str, Any]:
+        adj_id = new_id()
+        row = (adj_id, scope, scope_id, org_id, amount_usd, reason, _now(), by)
+        with self._transaction() as db:
+            db.execute("INSERT INTO billing_adjustments VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        keys = ("id", "scope", "scope_id", "org_id", "amount_usd", "reason", "created_at", "by")
+        return dict(zip(keys, row, strict=True))
+
+    def list_transactions(
+        self, scope: Scope, filters: dict[str, str], limit: int, after_id: str | None
+    ) -> Page:
+        """Charges (requests with a cost) and adjustments, newest first, in the caller's scope;
+        ``filters`` may narrow to one ``scope`` (key | user | org) and ``scope_id``."""
+        where, params = scope.clause()
+        conds = [where] if where else []
+        adj_conds: list[str] = []
+        adj_params: list[object] = []
+        if scope.role == "admin":
+            adj_conds.append("a.org_id = ?")
+            adj_params.append(scope.org_id)
+        elif scope.role == "member":
+            adj_conds.append(
+                "(a.scope = 'key' AND a.scope_id IN (SELECT id FROM keys WHERE user_id = ?))"
+                " OR (a.scope = 'user' AND a.scope_id = ?)"
+            )
+            adj_params.extend([scope.user_id, scope.user_id])
+        if filters.get("scope"):
+            conds.append(f"r.{self._SPEND_COLUMN[filters['scope']]} = ?")
+            params = [*params, filters["scope_id"]]
+            adj_conds.append("a.scope = ? AND a.scope_id = ?")
+            adj_params.extend([filters["scope"], filters["scope_id"]])
+        if after_id:
+            conds.append("r.id < ?")
+            params = [*params, after_id]
+            adj_conds.append("a.id < ?")
+            adj_params.append(after_id)
+        charge_where = " AND ".join(["r.cost_usd IS NOT NULL", "r.cost_usd != 0", *conds])
+        adj_where = " AND ".join(f"({c})" for c in adj_conds) or "1=1"
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT * FROM ("
+                " SELECT r.id AS id, 'charge' AS type, r.id AS request_id, r.started_at AS at,"
+                " r.cost_usd AS amount_usd, r.api_key_id, r.user_id, r.org_id, r.model,"
+                " NULL AS reason"
+                f" FROM requests r WHERE {charge_where}"
+                " UNION ALL"
+                " SELECT a.id, 'adjustment', NULL, a.created_at, a.amount_usd,"
+                " CASE a.scope WHEN 'key' THEN a.scope_id END,"
+                " CASE a.scope WHEN 'user' THEN a.scope_id END, a.org_id, NULL, a.reason"
+                f" FROM billing_adjustments a WHERE {adj_where}"
+                ") ORDER BY id DESC LIMIT ?",
+                [*params, *adj_params, limit + 1],
+            )
+            .fetchall()
+        )
+        keys = ("id", "type", "request_id", "at", "amount_usd", "api_key_id", "user_id",
+                "org_id", "model", "reason")  # fmt: skip
+        results = [dict(zip(keys, row, strict=True)) for row in rows[:limit]]
+        return Page(len(results), results, results[-1]["id"] if len(rows) > limit else None)
 
     def keys_version(self) -> int:
         row = (

@@ -1,0 +1,269 @@
+"""Spend and traffic controls (§C): budgets (402), rate limits (429), shared counters.
+
+``Controls.admit`` runs on the request path before anything is sent upstream; ``settle`` runs
+when the response has ended, before the record is stored, so a caller's next request already
+sees what the last one cost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gatewatch.controls.counters import (
+    BudgetCheck,
+    BudgetRefusal,
+    CounterBackend,
+    InProcessCounters,
+    RateCheck,
+    RateRefusal,
+    RateState,
+    Reservation,
+)
+from gatewatch.controls.periods import Window, window
+from gatewatch.metrics import Metrics
+from gatewatch.pricing import Rates
+from gatewatch.proxy.errors import GatewayError
+from gatewatch.settings import Settings
+from gatewatch.store.base import Identity, Store
+
+__all__ = ["Controls", "Ticket"]
+
+log = logging.getLogger("gatewatch.controls")
+
+_MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What admission took for a request, given back at settlement."""
+
+    reservation: Reservation | None = None
+    rate_checks: tuple[RateCheck, ...] = ()
+    tokens_estimate: int = 0
+    rate_state: RateState = field(default_factory=RateState)
+    backend: CounterBackend | None = None
+
+    def add_headers(self, send: Any) -> Any:
+        """Wrap an ASGI send so the response start carries the rate-limit headers."""
+        if not self.rate_state.remaining:
+            return send
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], *self.headers()]
+            await send(message)
+
+        return with_headers
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``x-ratelimit-*`` headers in the style providers use (the tightest limit of each
+        kind)."""
+        out: list[tuple[bytes, bytes]] = []
+        for kind in ("requests", "tokens"):
+            tight = [
+                (rem, reset, c) for c, (rem, reset) in self.rate_state.remaining.items()
+                if c.kind == kind
+            ]  # fmt: skip
+            if tight:
+                rem, reset, check = min(tight, key=lambda t: t[0])
+                out.append((f"x-ratelimit-limit-{kind}".encode(), str(check.limit).encode()))
+                out.append((f"x-ratelimit-remaining-{kind}".encode(), str(rem).encode()))
+                out.append((f"x-ratelimit-reset-{kind}".encode(), f"{max(reset, 0):.3f}s".encode()))
+        return out
+
+
+def _money(v: float) -> str:
+    return f"${v:,.4f}".rstrip("0").rstrip(".") if v < 1 else f"${v:,.2f}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controls:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        backend: CounterBackend | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings.budgets
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.tz = ZoneInfo(self.settings.timezone)
+        self.local = InProcessCounters(self._load_spend, clock)
+        self.backend: CounterBackend = backend or self.local
+        self.model_limits = settings.model_limits
+        self._windows: dict[str, Window] = {}
+        self._last_warning = 0.0
+
+    async def _load_spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
+        return await asyncio.to_thread(self.store.spend, scope, scope_id, start, end)
+
+    def window(self, period: str) -> Window:
+        now = self.clock()
+        w = self._windows.get(period)
+        if w is None or not (w.start <= now < w.end):
+            w = window(period, now, self.tz)
+            self._windows[period] = w
+        return w
+
+    def budget_checks(self, ident: Identity) -> tuple[BudgetCheck, ...]:
+        checks = []
+        for lim in ident.limits:
+            if lim.budget_usd is not None:
+                w = self.window(lim.budget_period)
+                checks.append(
+                    BudgetCheck(lim.scope, lim.scope_id, lim.name, lim.budget_usd,
+                                lim.budget_period, w.start, w.end)
+                )  # fmt: skip
+        return tuple(checks)
+
+    def _rate_checks(self, ident: Identity, model: str) -> tuple[RateCheck, ...]:
+        checks = []
+        for lim in ident.limits:
+            if lim.rpm:
+                checks.append(RateCheck(lim.scope, lim.scope_id, lim.name, "requests", lim.rpm))
+            if lim.tpm:
+                checks.append(RateCheck(lim.scope, lim.scope_id, lim.name, "tokens", lim.tpm))
+        per_model = self.model_limits.get(model)
+        if per_model is not None:
+            sid = f"{ident.key_id}:{model}"
+            name = f"{ident.key_name} on {model}"
+            if per_model.rpm:
+                checks.append(RateCheck("model", sid, name, "requests", per_model.rpm))
+            if per_model.tpm:
+                checks.append(RateCheck("model", sid, name, "tokens", per_model.tpm))
+        return tuple(checks)
+
+    def _estimate(
+        self, payload: dict[str, Any], body_len: int, rates: Rates | None
+    ) -> tuple[int, float]:
+        """(input-token estimate, cost to reserve). Input ≈ body bytes / 4; output = the
+        request's max tokens, else ``budgets.default_output_tokens``."""
+        input_tokens = body_len // 4
+        out_tokens = self.settings.default_output_tokens
+        for name in _MAX_TOKENS_FIELDS:
+            v = payload.get(name)
+            if isinstance(v, int) and v >= 0:
+                out_tokens = v
+                break
+        if rates is None:
+            return input_tokens, self.settings.unknown_price_reservation_usd
+        cost = input_tokens * rates.input.at(input_tokens) + out_tokens * rates.output.at(
+            input_tokens
+        )
+        return input_tokens, cost
+
+    async def admit(
+        self,
+        ident: Identity,
+        model: str,
+        payload: dict[str, Any],
+        body_len: int,
+        rates_of_target: Callable[[], Rates | None],
+    ) -> Ticket | None:
+        """Refuse (GatewayError 429 / 402) or admit; ``None`` when nothing limits this caller."""
+        if not ident.limits and model not in self.model_limits:
+            return None
+        budgets = self.budget_checks(ident)
+        rate_checks = self._rate_checks(ident, model)
+        if not budgets and not rate_checks:
+            return None
+        tokens, amount = self._estimate(payload, body_len, rates_of_target())
+        ticket = Ticket(rate_checks=rate_checks, tokens_estimate=tokens)
+        backend = await self._backend()
+        ticket.backend = backend
+        if rate_checks:
+            refused = await self._call(backend, "hit", rate_checks, tokens, ticket.rate_state)
+            if isinstance(refused, RateRefusal):
+                self.metrics.rate_limited.inc()
+                raise self._rate_error(refused)
+        if budgets:
+            result = await self._call(backend, "reserve", budgets, amount)
+            if isinstance(result, BudgetRefusal):
+                self.metrics.budget_rejections.inc()
+                raise self._budget_error(result)
+            ticket.reservation = result
+        return ticket
+
+    async def settle(self, ticket: Ticket, cost: float | None, tokens: int) -> None:
+        backend = ticket.backend or self.backend
+        try:
+            if ticket.reservation is not None:
+                await backend.settle(ticket.reservation, cost or 0.0)
+            if ticket.rate_checks and tokens != ticket.tokens_estimate:
+                await backend.add_tokens(ticket.rate_checks, tokens - ticket.tokens_estimate)
+        except ConnectionError:
+            self._warn("could not settle a request's spend in the shared counters")
+
+    async def _backend(self) -> CounterBackend:
+        return self.backend
+
+    async def _call(self, backend: CounterBackend, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(backend, method)(*args)
+        except ConnectionError as exc:
+            if backend is self.local or self.settings.redis_failure == "closed":
+                raise GatewayError(
+                    503, f"spend and rate counters are unavailable: {exc}", "counters_unavailable"
+                ) from None
+            self._warn(f"shared counters unavailable ({exc}); using this process's counters")
+            return await getattr(self.local, method)(*args)
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 10:
+            self._last_warning = now
+            log.warning(message)
+
+    def _budget_error(self, refusal: BudgetRefusal) -> GatewayError:
+        c = refusal.check
+        period = "total" if c.period == "total" else f"{c.period}ly".replace("dayly", "daily")
+        resets = "never resets" if c.period == "total" else f"resets at {_iso(c.end)}"
+        return GatewayError(
+            402,
+            f"budget exhausted: {c.scope} {c.name!r} has used {_money(refusal.spent)} of its "
+            f"{period} budget of {_money(c.limit_usd)}; it {resets}",
+            "budget_exceeded",
+        )
+
+    @staticmethod
+    def _rate_error(refusal: RateRefusal) -> GatewayError:
+        c = refusal.check
+        retry = max(1, int(refusal.retry_after + 0.999))
+        what = "requests" if c.kind == "requests" else "tokens"
+        return GatewayError(
+            429,
+            f"rate limit: {c.scope} {c.name!r} may send {c.limit} {what} per minute; "
+            f"retry in {retry}s",
+            "rate_limit_exceeded",
+            headers=[
+                (b"retry-after", str(retry).encode()),
+                (f"x-ratelimit-limit-{what}".encode(), str(c.limit).encode()),
+                (f"x-ratelimit-remaining-{what}".encode(), b"0"),
+                (f"x-ratelimit-reset-{what}".encode(), f"{refusal.retry_after:.3f}s".encode()),
+            ],
+        )
+
+    async def forget(self, scope: str, scope_id: str) -> None:
+        """Reload a scope's spend from the database (after a manual adjustment)."""
+        await self.local.forget(scope, scope_id)
+        if self.backend is not self.local:
+            try:
+                await self.backend.forget(scope, scope_id)
+            except ConnectionError:
+                self._warn("could not refresh a scope's spend in the shared counters")
+
+    async def close(self) -> None:
+        if self.backend is not self.local:
+            await self.backend.close()

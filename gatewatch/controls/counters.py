@@ -1,0 +1,190 @@
+"""Budget and rate-limit counters: what a backend must do, and the in-process backend.
+
+A backend answers two questions atomically: may this request spend (check every budget that
+applies, and reserve an estimate on all of them at once), and may it go now (GCRA rate limits).
+The in-process backend is exact for one worker: the event loop runs each call to completion.
+The Redis backend (``redis_backend``) does the same in Lua scripts, for several workers/nodes."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "BudgetCheck",
+    "BudgetRefusal",
+    "CounterBackend",
+    "InProcessCounters",
+    "RateCheck",
+    "RateRefusal",
+    "Reservation",
+]
+
+# Loads what a scope has spent in [start, end) from the database (the durable ledger).
+SpendLoader = Callable[[str, str, float, float], Awaitable[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    scope: str  # key | user | org
+    scope_id: str
+    name: str
+    limit_usd: float
+    period: str
+    start: float
+    end: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}:{self.scope_id}:{self.period}:{int(self.start)}"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRefusal:
+    check: BudgetCheck
+    spent: float  # settled + reserved when refused
+
+
+@dataclass(slots=True)
+class Reservation:
+    checks: tuple[BudgetCheck, ...]
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateCheck:
+    scope: str  # key | user | org | model (a model within a key)
+    scope_id: str
+    name: str
+    kind: str  # requests | tokens
+    limit: int  # per minute
+
+    @property
+    def key(self) -> str:
+        return f"{self.scope}:{self.scope_id}:{self.kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateRefusal:
+    check: RateCheck
+    retry_after: float  # seconds
+
+
+@dataclass(slots=True)
+class RateState:
+    """Per check: limit, remaining and reset, for the ``x-ratelimit-*`` headers."""
+
+    remaining: dict[RateCheck, tuple[int, float]] = field(default_factory=dict)
+
+
+class CounterBackend(Protocol):
+    async def reserve(
+        self, checks: tuple[BudgetCheck, ...], amount: float
+    ) -> Reservation | BudgetRefusal: ...
+
+    async def settle(self, reservation: Reservation, actual: float) -> None: ...
+
+    async def spent(self, check: BudgetCheck) -> float: ...
+
+    async def hit(
+        self, checks: tuple[RateCheck, ...], tokens: int, state: RateState
+    ) -> RateRefusal | None: ...
+
+    async def add_tokens(self, checks: tuple[RateCheck, ...], tokens: int) -> None: ...
+
+    async def forget(self, scope: str, scope_id: str) -> None:
+        """Drop cached spend for a scope (after a manual adjustment)."""
+
+    async def close(self) -> None: ...
+
+
+_WINDOW = 60.0  # rate limits are per minute
+
+
+def gcra(tat: float, now: float, limit: int, cost: float) -> tuple[float, float, int]:
+    """Generic cell rate algorithm for ``limit`` per minute with a burst of ``limit``.
+
+    Returns (new theoretical arrival time, retry-after seconds (0 = allowed), remaining)."""
+    interval = _WINDOW / limit
+    base = max(tat, now)
+    new_tat = base + interval * cost
+    over = new_tat - now - _WINDOW
+    if over > 1e-9:
+        return tat, over, max(0, math.floor((_WINDOW - (base - now)) / interval))
+    return new_tat, 0.0, max(0, math.floor((_WINDOW - (new_tat - now)) / interval))
+
+
+class InProcessCounters:
+    """Counters in this process's memory. Spent amounts are loaded once per scope and period
+    from the database, then kept current by ``settle``."""
+
+    def __init__(self, load_spend: SpendLoader, clock: Callable[[], float] = time.time) -> None:
+        self._load = load_spend
+        self._clock = clock
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+        self._tat: dict[str, float] = {}
+
+    async def _ensure(self, check: BudgetCheck) -> None:
+        if check.key not in self._spent:
+            loaded = await self._load(check.scope, check.scope_id, check.start, check.end)
+            self._spent.setdefault(check.key, loaded)
+
+    async def spent(self, check: BudgetCheck) -> float:
+        await self._ensure(check)
+        return self._spent[check.key] + self._reserved.get(check.key, 0.0)
+
+    async def reserve(
+        self, checks: tuple[BudgetCheck, ...], amount: float
+    ) -> Reservation | BudgetRefusal:
+        for check in checks:
+            await self._ensure(check)
+        # no await below: check and reserve happen as one step on the event loop
+        for check in checks:
+            used = self._spent[check.key] + self._reserved.get(check.key, 0.0)
+            if used >= check.limit_usd:
+                return BudgetRefusal(check, used)
+        for check in checks:
+            self._reserved[check.key] = self._reserved.get(check.key, 0.0) + amount
+        return Reservation(checks, amount)
+
+    async def settle(self, reservation: Reservation, actual: float) -> None:
+        for check in reservation.checks:
+            key = check.key
+            self._reserved[key] = max(self._reserved.get(key, 0.0) - reservation.amount, 0.0)
+            if key in self._spent:
+                self._spent[key] += actual
+
+    async def forget(self, scope: str, scope_id: str) -> None:
+        prefix = f"{scope}:{scope_id}:"
+        for key in [k for k in self._spent if k.startswith(prefix)]:
+            del self._spent[key]
+
+    async def hit(
+        self, checks: tuple[RateCheck, ...], tokens: int, state: RateState
+    ) -> RateRefusal | None:
+        now = self._clock()
+        updates: list[tuple[str, float]] = []
+        for check in checks:
+            cost = 1.0 if check.kind == "requests" else float(max(tokens, 0))
+            tat, retry, remaining = gcra(self._tat.get(check.key, now), now, check.limit, cost)
+            if retry:
+                return RateRefusal(check, retry)
+            updates.append((check.key, tat))
+            state.remaining[check] = (remaining, tat - now)
+        for key, tat in updates:
+            self._tat[key] = tat
+        return None
+
+    async def add_tokens(self, checks: tuple[RateCheck, ...], tokens: int) -> None:
+        now = self._clock()
+        for check in checks:
+            if check.kind == "tokens" and tokens:
+                tat = max(self._tat.get(check.key, now), now)
+                self._tat[check.key] = tat + tokens * _WINDOW / check.limit
+
+    async def close(self) -> None:
+        return None
