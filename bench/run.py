@@ -116,21 +116,48 @@ def start_upstream(port: int, logfile: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def write_config(tmp: Path, upstream_port: int) -> Path:
+def write_config(tmp: Path, upstream_port: int, redis: str | None = None) -> Path:
     cfg = tmp / "gatewatch.yaml"
     cfg.write_text(
         f"admin_key: {ADMIN_KEY}\n"
         f"database: sqlite:///{tmp / 'bench.db'}\n"
-        "content: full\n"
-        "providers:\n"
+        "content: full\n" + (f"redis: {redis}\n" if redis else "") + "providers:\n"
         f'  - {{name: openai, type: openai, base_url: "http://{HOST}:{upstream_port}/v1",'
         " api_key: sk-bench}\n"
     )
     return cfg
 
 
-def start_gateway(exe: str, cfg: Path, port: int, logfile: Path) -> subprocess.Popen[bytes]:
+def limited_key(base_url: str) -> str:
+    """A key with a budget and rate limits that never bind, so every request pays for the
+    budget reservation and the rate-limit checks (``--limited``)."""
+    body = json.dumps(
+        {"user": "bench", "org": "bench", "budget_usd": 1e9, "rpm": 10_000_000, "tpm": 10**12}
+    ).encode()
+    req = urllib.request.Request(
+        base_url + "/api/v1/keys",
+        data=body,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(json.loads(resp.read())["key"])
+
+
+def scripts_for_key(tmp: Path, key: str) -> tuple[Path, Path]:
+    out = []
+    for script in (CHAT_LUA, STREAM_LUA):
+        copy = tmp / script.name
+        copy.write_text(script.read_text().replace(ADMIN_KEY, key))
+        out.append(copy)
+    return out[0], out[1]
+
+
+def start_gateway(
+    exe: str, cfg: Path, port: int, logfile: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     cmd = [exe, "serve", "--config", str(cfg), "--host", HOST, "--port", str(port)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     log("starting gateway: " + " ".join(cmd))
     with logfile.open("wb") as out:
         return subprocess.Popen(
@@ -736,10 +763,14 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     try:
         upstream = start_upstream(up_port, tmp / "upstream.log")
         log(f"mock upstream ready on {HOST}:{up_port} (pid {upstream.pid})")
-        cfg = write_config(tmp, up_port)
-        gateway = start_gateway(exe, cfg, gw_port, gw_log)
+        cfg = write_config(tmp, up_port, args.redis)
+        gateway = start_gateway(exe, cfg, gw_port, gw_log, args.workers)
         took = wait_ready(gateway, metrics_url, gw_log)
         log(f"gateway ready on {HOST}:{gw_port} (pid {gateway.pid}) after {took:.1f}s")
+        chat_lua, stream_lua = CHAT_LUA, STREAM_LUA
+        if args.limited:
+            chat_lua, stream_lua = scripts_for_key(tmp, limited_key(f"http://{HOST}:{gw_port}"))
+            log("--limited: requests use a key with a budget and rpm/tpm limits")
 
         gw_results: list[WrkResult] = []
         runs: list[RunResult] = []
@@ -751,15 +782,15 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
 
         with RssSampler(gateway.pid) as sampler:
             if args.warmup > 0:
-                gw_results.append(measure("warm-up", gw_url, CHAT_LUA, n, args.warmup))
+                gw_results.append(measure("warm-up", gw_url, chat_lua, n, args.warmup))
             for i in range(1, args.runs + 1):
                 log(f"=== run {i}/{args.runs}")
                 direct_1 = measure(f"run {i} direct @1", direct_url, CHAT_LUA, 1, d)
-                gateway_1 = measure(f"run {i} gateway @1", gw_url, CHAT_LUA, 1, d)
-                gateway_n = measure(f"run {i} gateway @{n}", gw_url, CHAT_LUA, n, d)
+                gateway_1 = measure(f"run {i} gateway @1", gw_url, chat_lua, 1, d)
+                gateway_n = measure(f"run {i} gateway @{n}", gw_url, chat_lua, n, d)
                 run_rss = sampler.sample()
                 direct_n = measure(f"run {i} direct @{n}", direct_url, CHAT_LUA, n, d)
-                stream = measure(f"run {i} gateway stream @{s}", gw_url, STREAM_LUA, s, d)
+                stream = measure(f"run {i} gateway stream @{s}", gw_url, stream_lua, s, d)
                 run_rss = max(run_rss, sampler.sample())
                 gw_results += [gateway_1, gateway_n, stream]
                 runs.append(RunResult(direct_1, gateway_1, gateway_n, direct_n, stream, run_rss))
@@ -879,6 +910,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wrk", metavar="EXE", help="wrk executable (default: wrk on PATH)")
     p.add_argument("--path", default="/v1/chat/completions", help="request path on both servers")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (config, db, logs)")
+    p.add_argument(
+        "--limited", action="store_true", help="send with a budget- and rate-limited key"
+    )
+    p.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    p.add_argument("--redis", metavar="URL", help="redis URL for shared counters")
     args = p.parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

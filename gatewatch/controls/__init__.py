@@ -34,6 +34,9 @@ from gatewatch.store.base import Identity, Store
 
 __all__ = ["Controls", "Ticket"]
 
+# (valid until, budget checks, rate checks, the identity they were built for)
+_Plan = tuple[float, tuple["BudgetCheck", ...], tuple["RateCheck", ...], Identity]
+
 log = logging.getLogger("gatewatch.controls")
 
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -104,6 +107,9 @@ class Controls:
         self.backend: CounterBackend = backend or self.local
         self.model_limits = settings.model_limits
         self._windows: dict[str, Window] = {}
+        # per identity (a frozen object the key cache keeps): its checks, rebuilt when a
+        # budget period rolls over or the identity changes
+        self._plans: dict[tuple[int, str], _Plan] = {}
         self._last_warning = 0.0
 
     async def _load_spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
@@ -175,8 +181,18 @@ class Controls:
         """Refuse (GatewayError 429 / 402) or admit; ``None`` when nothing limits this caller."""
         if not ident.limits and model not in self.model_limits:
             return None
-        budgets = self.budget_checks(ident)
-        rate_checks = self._rate_checks(ident, model)
+        now = self.clock()
+        plan_key = (id(ident), model)
+        plan = self._plans.get(plan_key)
+        if plan is None or now >= plan[0]:
+            budgets = self.budget_checks(ident)
+            rate_checks = self._rate_checks(ident, model)
+            valid_until = min((b.end for b in budgets), default=now + 3600.0)
+            if len(self._plans) > 50_000:
+                self._plans.clear()
+            # the entry holds ident itself so that id(ident) cannot be reused while cached
+            self._plans[plan_key] = plan = (valid_until, budgets, rate_checks, ident)
+        _, budgets, rate_checks, _ = plan
         if not budgets and not rate_checks:
             return None
         tokens, amount = self._estimate(payload, body_len, rates_of_target())
