@@ -80,6 +80,8 @@ class Gateway:
                 self.store.revoke_entity, "keys", Scope("owner", "", ""), ADMIN_KEY_ID
             )
         await asyncio.to_thread(warm_price_table)
+        if self.settings.redis:
+            self.controls.use_redis(self.settings.redis)
         self.writer.start()
         await self.proxy.start()
         self._tasks.append(asyncio.create_task(self.keys.watch()))

@@ -52,6 +52,11 @@ class Metrics:
         self.records_pending = Gauge(
             "gatewatch_records_pending", "Request records not yet stored", registry=r
         )
+        self.counters_unavailable = Counter(
+            "gatewatch_counters_unavailable",
+            "Admissions decided on per-process counters because Redis was unreachable",
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "gatewatch_circuit_state",
             "Circuit breaker per provider/model target: 0 closed, 1 half-open, 2 open",

@@ -196,16 +196,14 @@ class Controls:
         if not budgets and not rate_checks:
             return None
         tokens, amount = self._estimate(payload, body_len, rates_of_target())
-        ticket = Ticket(rate_checks=rate_checks, tokens_estimate=tokens)
-        backend = await self._backend()
-        ticket.backend = backend
+        ticket = Ticket(rate_checks=rate_checks, tokens_estimate=tokens, backend=self.backend)
         if rate_checks:
-            refused = await self._call(backend, "hit", rate_checks, tokens, ticket.rate_state)
+            refused = await self._call(ticket, "hit", rate_checks, tokens, ticket.rate_state)
             if isinstance(refused, RateRefusal):
                 self.metrics.rate_limited.inc()
                 raise self._rate_error(refused)
         if budgets:
-            result = await self._call(backend, "reserve", budgets, amount)
+            result = await self._call(ticket, "reserve", budgets, amount)
             if isinstance(result, BudgetRefusal):
                 self.metrics.budget_rejections.inc()
                 raise self._budget_error(result)
@@ -222,10 +220,10 @@ class Controls:
         except ConnectionError:
             self._warn("could not settle a request's spend in the shared counters")
 
-    async def _backend(self) -> CounterBackend:
-        return self.backend
-
-    async def _call(self, backend: CounterBackend, method: str, *args: Any) -> Any:
+    async def _call(self, ticket: Ticket, method: str, *args: Any) -> Any:
+        """Call the ticket's backend; if the shared one is unreachable, fail open (this
+        process's counters, for the rest of this request too) or closed (503)."""
+        backend = ticket.backend or self.backend
         try:
             return await getattr(backend, method)(*args)
         except ConnectionError as exc:
@@ -233,7 +231,9 @@ class Controls:
                 raise GatewayError(
                     503, f"spend and rate counters are unavailable: {exc}", "counters_unavailable"
                 ) from None
+            self.metrics.counters_unavailable.inc()
             self._warn(f"shared counters unavailable ({exc}); using this process's counters")
+            ticket.backend = self.local
             return await getattr(self.local, method)(*args)
 
     def _warn(self, message: str) -> None:
@@ -279,6 +279,13 @@ class Controls:
                 await self.backend.forget(scope, scope_id)
             except ConnectionError:
                 self._warn("could not refresh a scope's spend in the shared counters")
+
+    def use_redis(self, url: str) -> None:
+        """Share counters through Redis (call on the running event loop: the connection pool
+        belongs to it)."""
+        from gatewatch.controls.redis_backend import RedisCounters
+
+        self.backend = RedisCounters(url, self._load_spend, clock=self.clock)
 
     async def close(self) -> None:
         if self.backend is not self.local:

@@ -108,8 +108,8 @@ _RESERVE = (
     _BUDGET_LIB
     + """
 local amount = tonumber(ARGV[1])
-local width, live, grace, cap = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
-grace, cap = tonumber(grace), tonumber(cap)
+local width, live = tonumber(ARGV[2]), tonumber(ARGV[3])
+local grace, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local secs = now_parts()
 local bucket = math.floor(secs / width)
 local missing = {-1}
