@@ -235,6 +235,12 @@ def requests_show(
 
 
 _KEY_COLUMNS = ("id", "name", "user", "org", "role", "budget_usd", "rpm", "tpm", "revoked")
+BudgetOpt = Annotated[
+    float | None, typer.Option("--budget", "--budget-usd", help="Spend cap in USD per period")
+]
+PeriodOption = typer.Option("--period", "--budget-period", help="day | week | month | total")
+RpmOpt = Annotated[int | None, typer.Option(help="Requests per minute")]
+TpmOpt = Annotated[int | None, typer.Option(help="Tokens per minute")]
 
 
 @keys_app.command("create")
@@ -245,10 +251,10 @@ def keys_create(
     name: Annotated[str | None, typer.Option()] = None,
     org: Annotated[str | None, typer.Option(help="Organization name (created when new)")] = None,
     role: Annotated[str, typer.Option(help="member | admin | owner")] = "member",
-    budget_usd: Annotated[float | None, typer.Option()] = None,
-    budget_period: Annotated[str, typer.Option(help="day | week | month | total")] = "month",
-    rpm: Annotated[int | None, typer.Option()] = None,
-    tpm: Annotated[int | None, typer.Option()] = None,
+    budget_usd: BudgetOpt = None,
+    budget_period: Annotated[str, PeriodOption] = "month",
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
     """Create a key. Its secret is printed this once."""
@@ -272,27 +278,75 @@ def keys_create(
     Console().print(f"key (shown once): [bold]{row['key']}[/bold]")
 
 
-@keys_app.command("list")
-def keys_list(
-    url: UrlOpt = _DEFAULT_URL,
-    token: TokenOpt = None,
-    fmt: FormatOpt = "table",
-    limit: Annotated[int, typer.Option()] = 100,
-) -> None:
-    """List the keys this key may see."""
-    page = _api(url, token, "GET", "/api/v1/keys", params={"limit": limit})
-    _print_rows(page["results"], fmt, _KEY_COLUMNS)
+def _entity_commands(kind: str, columns: tuple[str, ...]) -> typer.Typer:
+    """``list``, ``set-limits`` and ``revoke`` for keys, users or orgs (and ``create`` for users
+    and orgs: keys have their own, which prints the secret)."""
+    sub = typer.Typer(help=f"{kind.capitalize()}.", no_args_is_help=True)
+    path = f"/api/v1/{kind}"
+
+    @sub.command("list")
+    def list_(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt = "table",
+              limit: Annotated[int, typer.Option()] = 100) -> None:  # fmt: skip
+        """List what this key may see."""
+        _print_rows(_api(url, token, "GET", path, params={"limit": limit})["results"], fmt, columns)
+
+    @sub.command("set-limits")
+    def set_limits(
+        entity_id: Annotated[str, typer.Argument(help="The id")],
+        url: UrlOpt = _DEFAULT_URL,
+        token: TokenOpt = None,
+        budget_usd: BudgetOpt = None,
+        budget_period: Annotated[str | None, PeriodOption] = None,
+        rpm: RpmOpt = None,
+        tpm: TpmOpt = None,
+    ) -> None:
+        """Set a budget and rate limits."""
+        body = _given(budget_usd=budget_usd, budget_period=budget_period, rpm=rpm, tpm=tpm)
+        if not body:
+            _fail("nothing to change: give --budget, --period, --rpm or --tpm", 2)
+        row = _api(url, token, "PATCH", f"{path}/{entity_id}", json=body)
+        _print_rows([row], "table", columns)
+
+    @sub.command("revoke")
+    def revoke(entity_id: Annotated[str, typer.Argument(help="The id")],
+               url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None) -> None:  # fmt: skip
+        """Revoke at once (for users and orgs: all their keys stop working)."""
+        row = _api(url, token, "DELETE", f"{path}/{entity_id}")
+        Console().print(f"revoked {row['id']} ({row['name']})")
+
+    if kind != "keys":
+
+        @sub.command("create")
+        def create(
+            name: Annotated[str, typer.Option(help="Name")],
+            url: UrlOpt = _DEFAULT_URL,
+            token: TokenOpt = None,
+            org: Annotated[str | None, typer.Option(help="Organization (users)")] = None,
+            budget_usd: BudgetOpt = None,
+            budget_period: Annotated[str | None, PeriodOption] = None,
+            rpm: RpmOpt = None,
+            tpm: TpmOpt = None,
+        ) -> None:
+            """Create one."""
+            body = _given(name=name, org=org, budget_usd=budget_usd,
+                          budget_period=budget_period, rpm=rpm, tpm=tpm)  # fmt: skip
+            _print_rows([_api(url, token, "POST", path, json=body)], "table", columns)
+
+    return sub
 
 
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The key's id")],
-    url: UrlOpt = _DEFAULT_URL,
-    token: TokenOpt = None,
-) -> None:
-    """Revoke a key at once."""
-    row = _api(url, token, "DELETE", f"/api/v1/keys/{key_id}")
-    Console().print(f"revoked {row['id']} ({row['name']})")
+_LIMIT_COLUMNS = ("budget_usd", "budget_period", "rpm", "tpm", "revoked")
+keys_app.registered_commands += _entity_commands("keys", _KEY_COLUMNS).registered_commands
+app.add_typer(_entity_commands("users", ("id", "name", "org", *_LIMIT_COLUMNS)), name="users")
+app.add_typer(_entity_commands("orgs", ("id", "name", *_LIMIT_COLUMNS)), name="orgs")
+
+
+@app.command()
+def balance(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt = "table") -> None:
+    """This key's budgets: limit, spent this period, remaining, when it resets."""
+    rows = _api(url, token, "GET", "/api/v1/billing/balance")["budgets"]
+    _print_rows(rows, fmt, ("scope", "name", "period", "limit_usd", "spent_usd",
+                            "remaining_usd", "period_end"))  # fmt: skip
 
 
 def main() -> None:
