@@ -12,10 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from ulid import ULID
 
 from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
 from gatewatch.controls import Controls
 from gatewatch.controls.breaker import CircuitBreakers
+from gatewatch.controls.periods import window
 from gatewatch.records import format_ts
 from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filters
 
@@ -230,7 +232,29 @@ def create_api(
             raise ApiError(400, "scope and scope_id go together", "scope")
         filters = {"scope": scope, "scope_id": scope_id} if scope and scope_id else {}
         page = await run(store.list_transactions, ident.scope, filters, page_limit(limit), after_id)
+        if scope and scope_id:
+            await running_totals(scope, scope_id, ident, page.results)
         return {"results": page.results, "next_after_id": page.next_after_id}
+
+    async def running_totals(
+        scope: str, scope_id: str, ident: Identity, rows: list[dict[str, Any]]
+    ) -> None:
+        """``period_total_usd``: what the scope had spent in the row's budget period once that
+        row was charged. One sum per period on the page, then walked down the page."""
+        kind = {"key": "keys", "user": "users", "org": "orgs"}[scope]
+        entity = await run(store.get_entity, kind, ident.scope, scope_id)
+        period = (entity or {}).get("budget_period") or "month"
+        current: tuple[float, float] | None = None
+        total = 0.0
+        for row in rows:  # newest first
+            ts = ULID.from_str(row["id"]).timestamp
+            if current is None or not current[0] <= ts < current[1]:
+                w = window(period, ts, controls.tz)
+                current = (w.start, w.end)
+                total = await run(store.spend, scope, scope_id, w.start, w.end, row["id"])
+            row["period"] = period
+            row["period_total_usd"] = round(total, 10)
+            total -= row["amount_usd"] or 0.0
 
     @app.post("/api/v1/billing/adjustments", status_code=201, summary="Credit, charge or reset")
     async def adjust(body: Adjustment, ident: Caller) -> dict[str, Any]:

@@ -94,8 +94,11 @@ class Store(abc.ABC):
 
     # billing
     @abc.abstractmethod
-    def spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
-        """USD charged to a key, user or org in [start, end): request costs plus adjustments."""
+    def spend(
+        self, scope: str, scope_id: str, start: float, end: float, through_id: str | None = None
+    ) -> float:
+        """USD charged to a key, user or org in [start, end) (and up to the record or
+        adjustment ``through_id``, inclusive): request costs plus adjustments."""
 
     @abc.abstractmethod
     def add_adjustment(

@@ -374,19 +374,23 @@ class SQLiteStore(Store):
 
     _SPEND_COLUMN = {"key": "api_key_id", "user": "user_id", "org": "org_id"}
 
-    def spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
+    def spend(
+        self, scope: str, scope_id: str, start: float, end: float, through_id: str | None = None
+    ) -> float:
         column = self._SPEND_COLUMN[scope]
         lo, hi = _ulid_floor(start), _ulid_floor(min(end, 253402300799.0))
+        until = " AND id <= ?" if through_id else ""
+        extra = (through_id,) if through_id else ()
         db = self._reader()
         charged = db.execute(
             f"SELECT COALESCE(SUM(cost_usd), 0) FROM requests"
-            f" WHERE {column} = ? AND id >= ? AND id < ?",
-            (scope_id, lo, hi),
+            f" WHERE {column} = ? AND id >= ? AND id < ?{until}",
+            (scope_id, lo, hi, *extra),
         ).fetchone()[0]
         adjusted = db.execute(
             "SELECT COALESCE(SUM(amount_usd), 0) FROM billing_adjustments"
-            " WHERE scope = ? AND scope_id = ? AND id >= ? AND id < ?",
-            (scope, scope_id, lo, hi),
+            f" WHERE scope = ? AND scope_id = ? AND id >= ? AND id < ?{until}",
+            (scope, scope_id, lo, hi, *extra),
         ).fetchone()[0]
         return float(charged) + float(adjusted)
 
