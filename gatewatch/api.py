@@ -268,14 +268,13 @@ def create_api(
         org_id = target["id"] if body.scope == "org" else target["org_id"]
         amount = body.amount_usd or 0.0
         if body.reset:
-            w = controls.window(target.get("budget_period") or "month")
-            spent = await run(store.spend, body.scope, body.scope_id, w.start, w.end)
-            amount = -spent
+            period = target.get("budget_period") or "month"
+            amount = -await controls.settled(body.scope, body.scope_id, target["name"], period)
         row = await run(
             store.add_adjustment, body.scope, body.scope_id, org_id, amount, body.reason,
             ident.key_id,
         )  # fmt: skip
-        await controls.forget(body.scope, body.scope_id)
+        await controls.adjust(body.scope, body.scope_id, amount)
         return dict(row)
 
     # ---- keys, users, orgs (§A6) -----------------------------------------------------------

@@ -523,3 +523,32 @@ def test_parity_with_in_process(prefix: str) -> None:
     expected, got, local_calls, redis_calls = asyncio.run(main())
     assert got == expected
     assert redis_calls == local_calls
+
+
+def test_adjustment_and_settled_match_in_process(prefix: str) -> None:
+    """A manual adjustment moves the live spend (it is not a reload from the database, which
+    may not have the queued records yet), and ``settled`` leaves reservations out."""
+
+    async def play(c: Any) -> list[float]:
+        check = budget("key", "k1", 1.00, "day")
+        r = await c.reserve((check,), 0.25)
+        await c.settle(r, 0.20)
+        held = await c.reserve((check,), 0.10)  # in flight: counts in spent, not in settled
+        out = [await c.settled(check), await c.spent(check)]
+        await c.adjust("key", "k1", -0.05)
+        out += [await c.settled(check), await c.spent(check)]
+        await c.adjust("key", "other", 5.0)  # another scope: no effect
+        await c.settle(held, 0.10)
+        out.append(await c.settled(check))
+        return out
+
+    async def main() -> tuple[list[float], list[float]]:
+        shared = RedisCounters(REDIS_URL, Loader(0.7), prefix=prefix)
+        try:
+            return await play(InProcessCounters(Loader(0.7))), await play(shared)
+        finally:
+            await shared.close()
+
+    local, shared = asyncio.run(main())
+    assert local == pytest.approx([0.9, 1.0, 0.85, 0.95, 0.95])
+    assert shared == pytest.approx(local, abs=1e-6)

@@ -271,14 +271,24 @@ class Controls:
             ],
         )
 
-    async def forget(self, scope: str, scope_id: str) -> None:
-        """Reload a scope's spend from the database (after a manual adjustment)."""
-        await self.local.forget(scope, scope_id)
+    async def adjust(self, scope: str, scope_id: str, amount: float) -> None:
+        """Apply a stored manual adjustment to the live counters (not a reload from the
+        database: records still queued for it would be lost from the spend)."""
+        await self.local.adjust(scope, scope_id, amount)
         if self.backend is not self.local:
             try:
-                await self.backend.forget(scope, scope_id)
+                await self.backend.adjust(scope, scope_id, amount)
             except ConnectionError:
-                self._warn("could not refresh a scope's spend in the shared counters")
+                self._warn("could not apply an adjustment to the shared counters")
+
+    async def settled(self, scope: str, scope_id: str, name: str, period: str) -> float:
+        """What a scope has been charged this period, as the counters see it."""
+        w = self.window(period)
+        check = BudgetCheck(scope, scope_id, name, 0.0, period, w.start, w.end)
+        try:
+            return await self.backend.settled(check)
+        except ConnectionError:
+            return await self.local.settled(check)
 
     def use_redis(self, url: str) -> None:
         """Share counters through Redis (call on the running event loop: the connection pool

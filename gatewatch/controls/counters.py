@@ -95,8 +95,14 @@ class CounterBackend(Protocol):
 
     async def add_tokens(self, checks: tuple[RateCheck, ...], tokens: int) -> None: ...
 
+    async def settled(self, check: BudgetCheck) -> float:
+        """Settled spend only (no reservations)."""
+
+    async def adjust(self, scope: str, scope_id: str, amount: float) -> None:
+        """Add a manual adjustment to the scope's loaded spend (every cached period)."""
+
     async def forget(self, scope: str, scope_id: str) -> None:
-        """Drop cached spend for a scope (after a manual adjustment)."""
+        """Drop cached spend for a scope (the next use reloads it from the database)."""
 
     async def close(self) -> None: ...
 
@@ -157,6 +163,16 @@ class InProcessCounters:
             self._reserved[key] = max(self._reserved.get(key, 0.0) - reservation.amount, 0.0)
             if key in self._spent:
                 self._spent[key] += actual
+
+    async def settled(self, check: BudgetCheck) -> float:
+        await self._ensure(check)
+        return self._spent[check.key]
+
+    async def adjust(self, scope: str, scope_id: str, amount: float) -> None:
+        prefix = f"{scope}:{scope_id}:"
+        for key in self._spent:
+            if key.startswith(prefix):
+                self._spent[key] += amount
 
     async def forget(self, scope: str, scope_id: str) -> None:
         prefix = f"{scope}:{scope_id}:"

@@ -26,14 +26,14 @@ def window(period: str, now: float, tz: ZoneInfo) -> Window:
         return Window(period, _EPOCH, _FOREVER)
     local = datetime.fromtimestamp(now, tz)
     if period == "day":
-        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
         end = (start + timedelta(days=1, hours=2)).replace(hour=0)
     elif period == "week":
-        day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        day = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
         start = day - timedelta(days=day.weekday())
         end = (start + timedelta(days=7, hours=2)).replace(hour=0)
     elif period == "month":
-        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0, fold=0)
         end = (start + timedelta(days=32)).replace(day=1)
     else:
         raise ValueError(f"unknown budget period {period!r}")

@@ -239,6 +239,28 @@ return 1
 )
 
 
+# KEYS[1] budget hash; ARGV[1] micro-dollars: added to a loaded spend, nothing otherwise (an
+# unloaded spend will be read from the database, which has the adjustment).
+_ADJUST = """
+if redis.call('HEXISTS', KEYS[1], 'spent') == 1 then
+  redis.call('HINCRBY', KEYS[1], 'spent', ARGV[1])
+end
+return 1
+"""
+
+# KEYS[1] budget hash; ARGV[1] the database's spend ('' = not loaded yet): the settled spend,
+# or nil when it must be loaded first.
+_SETTLED = """
+local v = redis.call('HGET', KEYS[1], 'spent')
+if v then return v end
+if ARGV[1] ~= '' then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[1])
+  return ARGV[1]
+end
+return nil
+"""
+
+
 class CountersUnavailable(ConnectionError):
     """Redis could not be reached or refused to run a counter command."""
 
@@ -302,6 +324,8 @@ class RedisCounters:
         self._settle = self._redis.register_script(_SETTLE)
         self._hit = self._redis.register_script(_HIT)
         self._add_tokens = self._redis.register_script(_ADD_TOKENS)
+        self._adjust = self._redis.register_script(_ADJUST)
+        self._settled = self._redis.register_script(_SETTLED)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -392,6 +416,33 @@ class RedisCounters:
                 return _usd(int(result[1]))
             (init,) = await self._initial([check])
         raise CountersUnavailable("Redis budget keys keep disappearing (is Redis evicting keys?)")
+
+    async def settled(self, check: BudgetCheck) -> float:
+        """Settled spend only (no reservations), loaded from the database when missing."""
+        key = self._budget_key(check)
+        for _ in range(_MAX_LOAD_ROUNDS):
+            with self._guard(admission=True):
+                value = await self._run(self._settled, [key], [""])
+            if value is not None:
+                return _usd(int(value))
+            (init,) = await self._initial([check])
+            with self._guard(admission=True):
+                value = await self._run(self._settled, [key], [init])
+            if value is not None:
+                return _usd(int(value))
+        raise CountersUnavailable("Redis budget keys keep disappearing (is Redis evicting keys?)")
+
+    async def adjust(self, scope: str, scope_id: str, amount: float) -> None:
+        """Add a manual adjustment to every loaded period of the scope (atomic per key)."""
+        pattern = _glob_escape(f"{self._prefix}budget:{scope}:{scope_id}:") + "*"
+        with self._guard(admission=False):
+            cursor: int = 0
+            while True:
+                cursor, keys = await self._redis.scan(cursor, match=pattern, count=1000)
+                for key in keys:
+                    await self._run(self._adjust, [str(key)], [_micros(amount)])
+                if not cursor:
+                    break
 
     async def forget(self, scope: str, scope_id: str) -> None:
         """Drop the cached spend of a scope's budgets: the next use reloads it from the
