@@ -102,6 +102,12 @@ def serve(
         logging.getLogger("gatewatch").warning(
             "no providers configured: set OPENAI_API_KEY / ANTHROPIC_API_KEY or write a config"
         )
+    if workers > 1 and not settings.redis:
+        logging.getLogger("gatewatch").warning(
+            "%d workers without `redis:` in the configuration: each worker keeps its own "
+            "budget and rate-limit counters, so a limit is enforced per worker",
+            workers,
+        )
     _run_server(settings, host, port, workers, config)
 
 
@@ -290,6 +296,7 @@ def _entity_commands(kind: str, columns: tuple[str, ...]) -> typer.Typer:
         """List what this key may see."""
         _print_rows(_api(url, token, "GET", path, params={"limit": limit})["results"], fmt, columns)
 
+    @sub.command("set-budget", hidden=True)  # the name §L and the docs of other tools use
     @sub.command("set-limits")
     def set_limits(
         entity_id: Annotated[str, typer.Argument(help="The id")],

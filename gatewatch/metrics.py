@@ -46,6 +46,12 @@ class Metrics:
         self.budget_rejections = Counter(
             "gatewatch_budget_rejections", "Requests refused for budget", registry=r
         )
+        self.budget_warnings = Counter(
+            "gatewatch_budget_warnings",
+            "Requests admitted past a budget's soft limit (budgets.warn_at)",
+            ["scope"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "gatewatch_rate_limited", "Requests refused by rate limits", registry=r
         )

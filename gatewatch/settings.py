@@ -129,6 +129,13 @@ class BudgetSettings(_Section):
         ge=0,
         description="Output tokens reserved for a request that sets no max_tokens",
     )
+    warn_at: float | None = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Soft limit: share of a budget from which responses carry a warning "
+        "header and gatewatch_budget_warnings_total counts (null = off)",
+    )
     unknown_price_reservation_usd: float = Field(
         default=0.0, ge=0, description="Reserved for a request whose model has no price"
     )

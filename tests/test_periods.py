@@ -266,7 +266,7 @@ def test_requests_per_minute_come_back_with_the_clock() -> None:
         for expected in (2, 1, 0):
             state = RateState()
             assert await counters.hit(checks, 0, state) is None
-            assert state.remaining[checks[0]][0] == expected
+            assert state.of(checks[0])[0] == expected
         refusal = await counters.hit(checks, 0, RateState())
         assert isinstance(refusal, RateRefusal)
         assert refusal.retry_after == pytest.approx(20.0)

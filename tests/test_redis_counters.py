@@ -318,7 +318,7 @@ def rate_worker(prefix: str, barrier: Any, results: Any, seed: int) -> None:
             refused = await c.hit((check,), 0, state)
             if refused is not None:
                 return False, refused.retry_after, -1
-            return True, 0.0, state.remaining[check][0]
+            return True, 0.0, state.of(check)[0]
 
         try:
             started = time.time()
@@ -354,7 +354,7 @@ def test_remaining_decreases_and_refusal_waits(prefix: str) -> None:
             seen = []
             for _ in range(3):
                 assert await c.hit((check,), 0, state) is None
-                seen.append(state.remaining[check])
+                seen.append(state.of(check))
             assert [r for r, _ in seen] == [2, 1, 0]
             assert [round(reset) for _, reset in seen] == [20, 40, 60]
             refused = await c.hit((check,), 0, state)
@@ -376,20 +376,20 @@ def test_token_limit_and_add_tokens(prefix: str) -> None:
             rpm = RateCheck("key", "k", "k", "requests", 100)
             state = RateState()
             assert await c.hit((rpm, tpm), 400, state) is None
-            assert state.remaining[tpm][0] == 600
+            assert state.of(tpm)[0] == 600
             assert await c.hit((rpm, tpm), 400, state) is None
-            assert state.remaining[tpm][0] == 200 and state.remaining[rpm][0] == 98
+            assert state.of(tpm)[0] == 200 and state.of(rpm)[0] == 98
             refused = await c.hit((rpm, tpm), 400, state)
             assert isinstance(refused, RateRefusal) and refused.check == tpm
             assert 11.9 < refused.retry_after <= 12.0  # 200 tokens over at 1000/min
             # the refused hit took nothing, not even the request
-            assert await c.hit((rpm,), 0, state) is None and state.remaining[rpm][0] == 97
+            assert await c.hit((rpm,), 0, state) is None and state.of(rpm)[0] == 97
 
             await c.add_tokens((rpm, tpm), -400)  # the requests used 400 fewer than estimated
             assert await c.hit((rpm, tpm), 400, state) is None
-            assert state.remaining[tpm][0] == 200
+            assert state.of(tpm)[0] == 200
             await c.add_tokens((rpm, tpm), 200)  # and this one used 200 more
-            assert await c.hit((tpm,), 0, state) is None and state.remaining[tpm][0] == 0
+            assert await c.hit((tpm,), 0, state) is None and state.of(tpm)[0] == 0
             refused = await c.hit((tpm,), 100, state)
             assert isinstance(refused, RateRefusal) and 5.9 < refused.retry_after <= 6.0
         finally:
@@ -494,13 +494,11 @@ async def play(c: Any, loader: Loader) -> list[Any]:
     ]:  # fmt: skip
         state = RateState()
         note(await c.hit(checks, tokens, state))
-        out.append(
-            sorted((ch.key, rem, round(reset)) for ch, (rem, reset) in state.remaining.items())
-        )
+        out.append(sorted((ch.key, rem, round(reset)) for ch, rem, reset in state.remaining))
     await c.add_tokens((rpm, tpm), -600)
     state = RateState()
     note(await c.hit((rpm, tpm), 300, state))
-    out.append(sorted((ch.key, rem) for ch, (rem, _) in state.remaining.items()))
+    out.append(sorted((ch.key, rem) for ch, rem, _ in state.remaining))
     note(await c.hit((rpm, tpm), 300, RateState()))
     return out
 

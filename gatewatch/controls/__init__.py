@@ -40,6 +40,9 @@ _Plan = tuple[float, tuple["BudgetCheck", ...], tuple["RateCheck", ...], Identit
 log = logging.getLogger("gatewatch.controls")
 
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_LIMIT_HEADER = {k: f"x-ratelimit-limit-{k}".encode() for k in ("requests", "tokens")}
+_REMAINING_HEADER = {k: f"x-ratelimit-remaining-{k}".encode() for k in ("requests", "tokens")}
+_RESET_HEADER = {k: f"x-ratelimit-reset-{k}".encode() for k in ("requests", "tokens")}
 
 
 @dataclass(slots=True)
@@ -51,10 +54,11 @@ class Ticket:
     tokens_estimate: int = 0
     rate_state: RateState = field(default_factory=RateState)
     backend: CounterBackend | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def add_headers(self, send: Any) -> Any:
         """Wrap an ASGI send so the response start carries the rate-limit headers."""
-        if not self.rate_state.remaining:
+        if not self.rate_state.remaining and not self.warnings:
             return send
 
         async def with_headers(message: Any) -> None:
@@ -66,18 +70,19 @@ class Ticket:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``x-ratelimit-*`` headers in the style providers use (the tightest limit of each
-        kind)."""
-        out: list[tuple[bytes, bytes]] = []
-        for kind in ("requests", "tokens"):
-            tight = [
-                (rem, reset, c) for c, (rem, reset) in self.rate_state.remaining.items()
-                if c.kind == kind
-            ]  # fmt: skip
-            if tight:
-                rem, reset, check = min(tight, key=lambda t: t[0])
-                out.append((f"x-ratelimit-limit-{kind}".encode(), str(check.limit).encode()))
-                out.append((f"x-ratelimit-remaining-{kind}".encode(), str(rem).encode()))
-                out.append((f"x-ratelimit-reset-{kind}".encode(), f"{max(reset, 0):.3f}s".encode()))
+        kind), and ``x-gatewatch-budget-warning`` past a soft limit."""
+        out: list[tuple[bytes, bytes]] = [
+            (b"x-gatewatch-budget-warning", w.encode("utf-8", "replace")) for w in self.warnings
+        ]
+        tightest: dict[str, tuple[RateCheck, int, float]] = {}
+        for entry in self.rate_state.remaining:
+            kind = entry[0].kind
+            if kind not in tightest or entry[1] < tightest[kind][1]:
+                tightest[kind] = entry
+        for kind, (check, rem, reset) in tightest.items():
+            out.append((_LIMIT_HEADER[kind], str(check.limit).encode()))
+            out.append((_REMAINING_HEADER[kind], str(rem).encode()))
+            out.append((_RESET_HEADER[kind], f"{max(reset, 0):.3f}s".encode()))
         return out
 
 
@@ -111,6 +116,7 @@ class Controls:
         # budget period rolls over or the identity changes
         self._plans: dict[tuple[int, str], _Plan] = {}
         self._last_warning = 0.0
+        self._warned: set[str] = set()
 
     async def _load_spend(self, scope: str, scope_id: str, start: float, end: float) -> float:
         return await asyncio.to_thread(self.store.spend, scope, scope_id, start, end)
@@ -197,26 +203,60 @@ class Controls:
             return None
         tokens, amount = self._estimate(payload, body_len, rates_of_target())
         ticket = Ticket(rate_checks=rate_checks, tokens_estimate=tokens, backend=self.backend)
+        local = self.local
         if rate_checks:
-            refused = await self._call(ticket, "hit", rate_checks, tokens, ticket.rate_state)
+            if ticket.backend is local:  # in process: no awaits on the hot path
+                refused = local.hit_now(rate_checks, tokens, ticket.rate_state)
+            else:
+                refused = await self._call(ticket, "hit", rate_checks, tokens, ticket.rate_state)
             if isinstance(refused, RateRefusal):
                 self.metrics.rate_limited.inc()
                 raise self._rate_error(refused)
         if budgets:
-            result = await self._call(ticket, "reserve", budgets, amount)
+            result = local.reserve_now(budgets, amount) if ticket.backend is local else None
+            if result is None:
+                result = await self._call(ticket, "reserve", budgets, amount)
             if isinstance(result, BudgetRefusal):
                 self.metrics.budget_rejections.inc()
                 raise self._budget_error(result)
             ticket.reservation = result
+            self._soft_limits(ticket, result)
         return ticket
+
+    def _soft_limits(self, ticket: Ticket, reservation: Reservation) -> None:
+        """Past ``budgets.warn_at`` of a budget: a warning header, a metric, a log line once
+        per budget and period. The request still goes through (a soft limit)."""
+        warn_at = self.settings.warn_at
+        if warn_at is None:
+            return
+        for check, used in zip(reservation.checks, reservation.used, strict=False):
+            if used >= warn_at * check.limit_usd:
+                share = used / check.limit_usd if check.limit_usd else 1.0
+                ticket.warnings.append(
+                    f"{check.scope} {check.name!r} has used {share:.0%} of its"
+                    f" {_money(check.limit_usd)} {check.period} budget"
+                )
+                self.metrics.budget_warnings.labels(check.scope).inc()
+                if check.key not in self._warned:
+                    if len(self._warned) > 100_000:
+                        self._warned.clear()
+                    self._warned.add(check.key)
+                    log.warning("soft limit: %s", ticket.warnings[-1])
 
     async def settle(self, ticket: Ticket, cost: float | None, tokens: int) -> None:
         backend = ticket.backend or self.backend
+        extra_tokens = tokens - ticket.tokens_estimate
+        if backend is self.local:
+            if ticket.reservation is not None:
+                self.local.settle_now(ticket.reservation, cost or 0.0)
+            if ticket.rate_checks and extra_tokens:
+                self.local.add_tokens_now(ticket.rate_checks, extra_tokens)
+            return
         try:
             if ticket.reservation is not None:
                 await backend.settle(ticket.reservation, cost or 0.0)
-            if ticket.rate_checks and tokens != ticket.tokens_estimate:
-                await backend.add_tokens(ticket.rate_checks, tokens - ticket.tokens_estimate)
+            if ticket.rate_checks and extra_tokens:
+                await backend.add_tokens(ticket.rate_checks, extra_tokens)
         except ConnectionError:
             self._warn("could not settle a request's spend in the shared counters")
 

@@ -36,10 +36,11 @@ class BudgetCheck:
     period: str
     start: float
     end: float
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.scope}:{self.scope_id}:{self.period}:{int(self.start)}"
+    def __post_init__(self) -> None:
+        key = f"{self.scope}:{self.scope_id}:{self.period}:{int(self.start)}"
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class BudgetRefusal:
 class Reservation:
     checks: tuple[BudgetCheck, ...]
     amount: float
+    used: tuple[float, ...] = ()  # per check, spent + reserved before this reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +63,10 @@ class RateCheck:
     name: str
     kind: str  # requests | tokens
     limit: int  # per minute
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.scope}:{self.scope_id}:{self.kind}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.scope}:{self.scope_id}:{self.kind}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +77,16 @@ class RateRefusal:
 
 @dataclass(slots=True)
 class RateState:
-    """Per check: limit, remaining and reset, for the ``x-ratelimit-*`` headers."""
+    """Per check: (check, remaining, seconds to reset), for the ``x-ratelimit-*`` headers."""
 
-    remaining: dict[RateCheck, tuple[int, float]] = field(default_factory=dict)
+    remaining: list[tuple[RateCheck, int, float]] = field(default_factory=list)
+
+    def of(self, check: RateCheck) -> tuple[int, float]:
+        """(remaining, seconds to reset) last seen for ``check``."""
+        for seen, remaining, reset in reversed(self.remaining):
+            if seen.key == check.key:
+                return remaining, reset
+        raise KeyError(check.key)
 
 
 class CounterBackend(Protocol):
@@ -148,16 +157,33 @@ class InProcessCounters:
     ) -> Reservation | BudgetRefusal:
         for check in checks:
             await self._ensure(check)
-        # no await below: check and reserve happen as one step on the event loop
+        result = self.reserve_now(checks, amount)
+        assert result is not None
+        return result
+
+    def reserve_now(
+        self, checks: tuple[BudgetCheck, ...], amount: float
+    ) -> Reservation | BudgetRefusal | None:
+        """``reserve`` in one step on the event loop (no await between check and reserve);
+        None when a spend has to be loaded from the database first."""
+        spent, reserved = self._spent, self._reserved
+        useds = []
         for check in checks:
-            used = self._spent[check.key] + self._reserved.get(check.key, 0.0)
+            settled = spent.get(check.key)
+            if settled is None:
+                return None
+            used = settled + reserved.get(check.key, 0.0)
             if used >= check.limit_usd:
                 return BudgetRefusal(check, used)
+            useds.append(used)
         for check in checks:
-            self._reserved[check.key] = self._reserved.get(check.key, 0.0) + amount
-        return Reservation(checks, amount)
+            reserved[check.key] = reserved.get(check.key, 0.0) + amount
+        return Reservation(checks, amount, tuple(useds))
 
     async def settle(self, reservation: Reservation, actual: float) -> None:
+        self.settle_now(reservation, actual)
+
+    def settle_now(self, reservation: Reservation, actual: float) -> None:
         for check in reservation.checks:
             key = check.key
             self._reserved[key] = max(self._reserved.get(key, 0.0) - reservation.amount, 0.0)
@@ -182,6 +208,11 @@ class InProcessCounters:
     async def hit(
         self, checks: tuple[RateCheck, ...], tokens: int, state: RateState
     ) -> RateRefusal | None:
+        return self.hit_now(checks, tokens, state)
+
+    def hit_now(
+        self, checks: tuple[RateCheck, ...], tokens: int, state: RateState
+    ) -> RateRefusal | None:
         now = self._clock()
         updates: list[tuple[str, float]] = []
         for check in checks:
@@ -190,12 +221,15 @@ class InProcessCounters:
             if retry:
                 return RateRefusal(check, retry)
             updates.append((check.key, tat))
-            state.remaining[check] = (remaining, tat - now)
+            state.remaining.append((check, remaining, tat - now))
         for key, tat in updates:
             self._tat[key] = tat
         return None
 
     async def add_tokens(self, checks: tuple[RateCheck, ...], tokens: int) -> None:
+        self.add_tokens_now(checks, tokens)
+
+    def add_tokens_now(self, checks: tuple[RateCheck, ...], tokens: int) -> None:
         now = self._clock()
         for check in checks:
             if check.kind == "tokens" and tokens:

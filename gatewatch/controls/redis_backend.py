@@ -125,15 +125,17 @@ for i, key in ipairs(KEYS) do
   end
 end
 if #missing > 1 then return missing end
+local admitted = {1, bucket}
 for i, key in ipairs(KEYS) do
   local used = used_of(key, bucket - live, true)
   if used >= tonumber(ARGV[3 + 3 * i]) then return {0, i, used} end
+  admitted[#admitted + 1] = used
 end
 for i, key in ipairs(KEYS) do
   if amount ~= 0 then redis.call('HINCRBY', key, 'r:' .. bucket, ARGV[1]) end
   redis.call('EXPIRE', key, budget_ttl(secs, tonumber(ARGV[4 + 3 * i]), grace, cap))
 end
-return {1, bucket}
+return admitted
 """
 )
 
@@ -269,8 +271,8 @@ class CountersUnavailable(ConnectionError):
 class RedisReservation(Reservation):
     """A reservation held in Redis: what was reserved (micro-dollars) and in which bucket."""
 
-    micros: int
-    bucket: int
+    micros: int = 0
+    bucket: int = -1
 
 
 def _micros(usd: float) -> int:
@@ -370,7 +372,7 @@ class RedisCounters:
     ) -> Reservation | BudgetRefusal:
         micros = _micros(amount)
         if not checks:
-            return RedisReservation(checks, amount, micros, -1)
+            return RedisReservation(checks, amount, (), micros=micros)
         keys = [self._budget_key(c) for c in checks]
         inits = [""] * len(checks)
         for _ in range(_MAX_LOAD_ROUNDS):
@@ -381,7 +383,8 @@ class RedisCounters:
                 result = await self._run(self._reserve, keys, args)
             status = int(result[0])
             if status == 1:
-                return RedisReservation(checks, amount, micros, int(result[1]))
+                used = tuple(_usd(int(u)) for u in result[2:])
+                return RedisReservation(checks, amount, used, micros=micros, bucket=int(result[1]))
             if status == 0:
                 return BudgetRefusal(checks[int(result[1]) - 1], _usd(int(result[2])))
             missing = [int(i) - 1 for i in result[1:]]
@@ -474,7 +477,7 @@ class RedisCounters:
         with self._guard(admission=True):
             result = await self._run(self._hit, [self._rate_key(c) for c in checks], args)
         for n, check in enumerate(checks[: (len(result) - 3) // 2]):
-            state.remaining[check] = (int(result[3 + 2 * n]), float(result[4 + 2 * n]))
+            state.remaining.append((check, int(result[3 + 2 * n]), float(result[4 + 2 * n])))
         if int(result[0]) == 0:
             return RateRefusal(checks[int(result[1]) - 1], float(result[2]))
         return None
