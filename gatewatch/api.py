@@ -209,7 +209,7 @@ def create_api(
     async def balance(ident: Caller) -> dict[str, Any]:
         budgets = []
         for check in controls.budget_checks(ident):
-            spent = await controls.backend.spent(check)
+            spent = await controls.spent(check)
             budgets.append({
                 "scope": check.scope, "scope_id": check.scope_id, "name": check.name,
                 "period": check.period, "limit_usd": check.limit_usd,
@@ -259,6 +259,8 @@ def create_api(
     @app.post("/api/v1/billing/adjustments", status_code=201, summary="Credit, charge or reset")
     async def adjust(body: Adjustment, ident: Caller) -> dict[str, Any]:
         require_admin(ident)
+        if body.scope == "org" and ident.role != "owner":  # as for changing an org's budget
+            raise ApiError(403, "only an owner key can adjust an organization's spend", "scope")
         kind = {"key": "keys", "user": "users", "org": "orgs"}[body.scope]
         target = await run(store.get_entity, kind, ident.scope, body.scope_id)
         if target is None:

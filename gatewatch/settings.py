@@ -214,6 +214,13 @@ class Settings(_Section):
             seen.add(p.name)
         return v
 
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return v
+
     @field_validator("database")
     @classmethod
     def _known_engine(cls, v: str) -> str:

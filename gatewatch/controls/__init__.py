@@ -87,7 +87,9 @@ class Ticket:
 
 
 def _money(v: float) -> str:
-    return f"${v:,.4f}".rstrip("0").rstrip(".") if v < 1 else f"${v:,.2f}"
+    if v >= 1 or v == 0:
+        return f"${v:,.2f}"
+    return "$" + f"{v:.8f}".rstrip("0").rstrip(".")
 
 
 def _iso(ts: float) -> str:
@@ -202,16 +204,13 @@ class Controls:
         if not budgets and not rate_checks:
             return None
         tokens, amount = self._estimate(payload, body_len, rates_of_target())
+        # one request larger than a tokens-per-minute limit still passes once the bucket is full
+        tpm = [c.limit for c in rate_checks if c.kind == "tokens"]
+        if tpm:
+            tokens = min(tokens, min(tpm))
         ticket = Ticket(rate_checks=rate_checks, tokens_estimate=tokens, backend=self.backend)
         local = self.local
-        if rate_checks:
-            if ticket.backend is local:  # in process: no awaits on the hot path
-                refused = local.hit_now(rate_checks, tokens, ticket.rate_state)
-            else:
-                refused = await self._call(ticket, "hit", rate_checks, tokens, ticket.rate_state)
-            if isinstance(refused, RateRefusal):
-                self.metrics.rate_limited.inc()
-                raise self._rate_error(refused)
+        # budgets first: a request refused for money must not use up its rate allowance
         if budgets:
             result = local.reserve_now(budgets, amount) if ticket.backend is local else None
             if result is None:
@@ -220,7 +219,19 @@ class Controls:
                 self.metrics.budget_rejections.inc()
                 raise self._budget_error(result)
             ticket.reservation = result
-            self._soft_limits(ticket, result)
+        if rate_checks:
+            if ticket.backend is local:  # in process: no awaits on the hot path
+                refused = local.hit_now(rate_checks, tokens, ticket.rate_state)
+            else:
+                refused = await self._call(ticket, "hit", rate_checks, tokens, ticket.rate_state)
+            if isinstance(refused, RateRefusal):
+                if ticket.reservation is not None:  # give the reservation back
+                    ticket.rate_checks = ()
+                    await self.settle(ticket, 0.0, 0)
+                self.metrics.rate_limited.inc()
+                raise self._rate_error(refused)
+        if ticket.reservation is not None:
+            self._soft_limits(ticket, ticket.reservation)
         return ticket
 
     def _soft_limits(self, ticket: Ticket, reservation: Reservation) -> None:
@@ -268,6 +279,9 @@ class Controls:
             return await getattr(backend, method)(*args)
         except ConnectionError as exc:
             if backend is self.local or self.settings.redis_failure == "closed":
+                if backend is not self.local:
+                    self.metrics.counters_unavailable.inc()
+                    self._warn(f"shared counters unavailable ({exc}); refusing (fail-closed)")
                 raise GatewayError(
                     503, f"spend and rate counters are unavailable: {exc}", "counters_unavailable"
                 ) from None
@@ -310,6 +324,14 @@ class Controls:
                 (f"x-ratelimit-reset-{what}".encode(), f"{refusal.retry_after:.3f}s".encode()),
             ],
         )
+
+    async def spent(self, check: BudgetCheck) -> float:
+        """Spent plus reserved, from the shared counters or, while they are unreachable, this
+        process's."""
+        try:
+            return await self.backend.spent(check)
+        except ConnectionError:
+            return await self.local.spent(check)
 
     async def adjust(self, scope: str, scope_id: str, amount: float) -> None:
         """Apply a stored manual adjustment to the live counters (not a reload from the
