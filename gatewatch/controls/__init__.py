@@ -56,18 +56,6 @@ class Ticket:
     backend: CounterBackend | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def add_headers(self, send: Any) -> Any:
-        """Wrap an ASGI send so the response start carries the rate-limit headers."""
-        if not self.rate_state.remaining and not self.warnings:
-            return send
-
-        async def with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message["headers"], *self.headers()]
-            await send(message)
-
-        return with_headers
-
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``x-ratelimit-*`` headers in the style providers use (the tightest limit of each
         kind), and ``x-gatewatch-budget-warning`` past a soft limit."""
@@ -241,7 +229,7 @@ class Controls:
         if warn_at is None:
             return
         for check, used in zip(reservation.checks, reservation.used, strict=False):
-            if used >= warn_at * check.limit_usd:
+            if used >= warn_at * check.limit_usd:  # rare: the loop is all the cost otherwise
                 share = used / check.limit_usd if check.limit_usd else 1.0
                 ticket.warnings.append(
                     f"{check.scope} {check.name!r} has used {share:.0%} of its"

@@ -85,10 +85,17 @@ class _Disconnect:
             return True
         return False
 
-    def guard(self, send: Send) -> Send:
+    def guard(self, send: Send, ticket: Ticket | None) -> Send:
+        """``send`` that stops the watch before the last body message and adds the ticket's
+        rate-limit and budget headers to the response start."""
+
         async def guarded(message: Message) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                self.stop()
+            kind = message["type"]
+            if kind == "http.response.body":
+                if not message.get("more_body"):
+                    self.stop()
+            elif ticket is not None and kind == "http.response.start":
+                message["headers"] = [*message["headers"], *ticket.headers()]
             await send(message)
 
         return guarded
@@ -221,7 +228,7 @@ class ProxyHandler:
                 lambda: self.prices.rates(first.provider, first.model),
             )  # fmt: skip
             watch = _Disconnect(receive)
-            reply = watch.guard(send if ticket is None else ticket.add_headers(send))
+            reply = watch.guard(send, ticket)
             await self._forward(
                 rec, endpoint, targets, payload, body, headers, watch, reply, upstream_time
             )
