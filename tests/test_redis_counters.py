@@ -1,5 +1,6 @@
 """RedisCounters against a real Redis (127.0.0.1:6379, DB 15): budgets, rebuild from the
-database, rate limits exact across processes, failures, and parity with InProcessCounters.
+database, rate limits exact across processes, failures, and parity with InProcessCounters;
+the same for ``admit`` / ``finish`` (a request's two round trips).
 
 Without a reachable Redis these tests are skipped, or fail when ``CI=true``."""
 
@@ -413,6 +414,11 @@ def test_unreachable_redis_raises_quickly() -> None:
                 await c.hit((RateCheck("key", "k", "k", "requests", 10),), 0, RateState())
             with pytest.raises(CountersUnavailable):
                 await c.settle(Reservation((budget("key", "k", 1.0),), 0.1), 0.1)
+            rpm = RateCheck("key", "k", "k", "requests", 10)
+            with pytest.raises(CountersUnavailable):
+                await c.admit((budget("key", "k", 1.0),), 0.1, (rpm,), 0, RateState())
+            with pytest.raises(CountersUnavailable):
+                await c.finish(Reservation((budget("key", "k", 1.0),), 0.1), 0.1, (rpm,), 5)
             assert await c.ping() is False
             assert time.monotonic() - t0 < 1.0
         finally:
@@ -550,3 +556,260 @@ def test_adjustment_and_settled_match_in_process(prefix: str) -> None:
     local, shared = asyncio.run(main())
     assert local == pytest.approx([0.9, 1.0, 0.85, 0.95, 0.95])
     assert shared == pytest.approx(local, abs=1e-6)
+
+
+# -- 8. admit / finish: a request in two round trips -----------------------------------------------
+
+
+async def play_admit(c: Any, loader: Loader) -> list[Any]:
+    """A scenario of ``admit`` / ``finish``: budget refusals, rate refusals, settlements and
+    token corrections. Asserts what both backends must do; returns answers to compare."""
+    out: list[Any] = []
+
+    async def admit(
+        budgets: tuple[BudgetCheck, ...], amount: float, rates: tuple[RateCheck, ...], tokens: int
+    ) -> Any:
+        state = RateState()
+        result = await c.admit(budgets, amount, rates, tokens, state)
+        seen = [(ch.key, rem, round(reset)) for ch, rem, reset in state.remaining]
+        if isinstance(result, Reservation):
+            out.append(("admitted", result.checks, result.amount, result.used, seen))
+        elif isinstance(result, BudgetRefusal):
+            out.append(("budget refused", result.check, round(result.spent, 9), seen))
+        else:
+            assert isinstance(result, RateRefusal)
+            out.append(("rate refused", result.check, round(result.retry_after, 1), seen))
+        return result
+
+    async def spent(check: BudgetCheck) -> float:
+        value = round(float(await c.spent(check)), 9)
+        out.append(("spent", check.key, value))
+        return value
+
+    user, key = budget("user", "u", 1.0, "day"), budget("key", "k", 2.0)
+    loader.values[("key", "k")] = 0.75
+    rpm = RateCheck("key", "k", "k", "requests", 5)
+    tpm = RateCheck("key", "k", "k", "tokens", 1000)
+    model = RateCheck("model", "k:gpt", "k on gpt", "requests", 3)
+
+    held = [await admit((user, key), 0.25, (rpm, tpm), 300) for _ in range(3)]
+    held.append(await admit((user, key), 0.25, (rpm,), 0))
+    assert all(isinstance(r, Reservation) for r in held)
+    assert [r.used for r in held] == [(0.0, 0.75), (0.25, 1.0), (0.5, 1.25), (0.75, 1.5)]
+
+    # a budget refusal changes nothing, and does not use up the rate allowance (the rate
+    # limits alone would allow this request)
+    refused = await admit((user, key), 0.25, (rpm, tpm), 100)
+    assert isinstance(refused, BudgetRefusal) and refused.check == user
+    assert out[-1][-1] == []  # no rate checked
+    assert await spent(user) == 1.0 and await spent(key) == 2.5 - 0.75
+    last = await admit((), 0.0, (rpm,), 0)  # the fifth request of the minute: still allowed
+    assert isinstance(last, Reservation) and last.checks == () and out[-1][-1][0][1] == 0
+    assert isinstance(await admit((), 0.0, (rpm,), 0), RateRefusal)
+
+    # settlement (the reserve goes, the actual cost stays) and a token correction
+    await c.finish(held[0], 0.1, (rpm, tpm), -300)
+    assert await spent(user) == 0.85 and await spent(key) == 1.6
+
+    # a rate refusal reserves nothing and counts no other rate limit
+    refused = await admit((user, key), 0.05, (model, rpm), 0)
+    assert isinstance(refused, RateRefusal) and refused.check == rpm
+    assert [k for k, _, _ in out[-1][-1]] == [model.key]  # state as hit() fills it
+    assert await spent(user) == 0.85 and await spent(key) == 1.6
+    for _ in range(3):  # the model's allowance is whole
+        assert isinstance(await admit((), 0.0, (model,), 0), Reservation)
+    assert isinstance(await admit((user,), 0.05, (model,), 0), RateRefusal)
+    assert await spent(user) == 0.85
+
+    # tokens: 900 estimated, 300 given back, 300 more: 100 left
+    ok = await admit((user,), 0.05, (tpm,), 300)
+    assert isinstance(ok, Reservation) and out[-1][-1][0][1] == 100
+    await c.finish(ok, 0.05, (model, tpm), 50)  # used 50 more; the model check ignores it
+    refused = await admit((), 0.0, (tpm,), 200)
+    assert isinstance(refused, RateRefusal) and refused.check == tpm
+    await c.finish(None, 0.0, (rpm, tpm), -150)  # tokens only, no reservation
+    assert isinstance(await admit((), 0.0, (tpm,), 200), Reservation)
+    assert out[-1][-1][0][1] == 0
+
+    for r, actual in zip(held[1:], (0.125, 0.0, 0.375), strict=True):
+        await c.finish(r, actual, (), 0)
+        await spent(user)
+        await spent(key)
+    assert await spent(user) == 0.65 and await spent(key) == 1.35
+
+    # a spend reloaded from the database after forget, through admit
+    loader.values[("user", "u")] = 0.5
+    await c.forget("user", "u")
+    reloaded = await admit((key, user), 0.5, (), 0)
+    assert isinstance(reloaded, Reservation) and reloaded.used == (1.35, 0.5)
+    refused = await admit((key, user), 0.5, (rpm,), 0)
+    assert isinstance(refused, BudgetRefusal) and refused.check == user
+    await c.finish(reloaded, 0.0, (), 0)
+    assert await spent(user) == 0.5
+    await admit((), 1.0, (), 0)  # nothing to check: an empty reservation
+    return out
+
+
+def test_admit_finish_parity_with_in_process(prefix: str) -> None:
+    async def main() -> tuple[list[Any], list[Any], int, int]:
+        local_loader, redis_loader = Loader(0.0), Loader(0.0)
+        local = InProcessCounters(local_loader)
+        shared = RedisCounters(REDIS_URL, redis_loader, prefix=prefix)
+        try:
+            return (
+                await play_admit(local, local_loader),
+                await play_admit(shared, redis_loader),
+                local_loader.calls,
+                redis_loader.calls,
+            )
+        finally:
+            await shared.close()
+
+    expected, got, local_calls, redis_calls = asyncio.run(main())
+    assert got == expected
+    assert redis_calls == local_calls == 3
+
+
+def test_admit_now_in_process_needs_loaded_spends() -> None:
+    async def main() -> None:
+        loader = Loader(0.25)
+        c = InProcessCounters(loader)
+        check = budget("user", "u", 1.0)
+        rpm = RateCheck("user", "u", "u", "requests", 2)
+        state = RateState()
+        assert c.admit_now((check,), 0.5, (rpm,), 0, state) is None  # spend not loaded
+        assert state.remaining == [] and loader.calls == 0
+        res = await c.admit((check,), 0.5, (rpm,), 0, state)  # loads, then admits
+        assert isinstance(res, Reservation) and res.used == (0.25,) and loader.calls == 1
+        assert state.of(rpm)[0] == 1
+        assert isinstance(c.admit_now((check,), 0.5, (rpm,), 0, state), Reservation)
+        assert isinstance(c.admit_now((check,), 0.5, (), 0, state), BudgetRefusal)
+        c.finish_now(res, 0.0, (rpm,), 0)  # the reservation goes back
+        assert isinstance(c.admit_now((check,), 0.5, (rpm,), 0, state), RateRefusal)
+        assert await c.spent(check) == 0.75
+
+    asyncio.run(main())
+
+
+A_CYCLES = 60  # admissions per process
+
+
+def _admit_worker(
+    prefix: str, barrier: Any, results: Any, seed: int, limit_usd: float, rpm_limit: int
+) -> None:
+    async def main() -> tuple[int, float, float]:
+        c = RedisCounters(REDIS_URL, zero_loader, prefix=prefix)
+        check = budget("org", "shared", limit_usd)
+        rpm = RateCheck("org", "shared", "shared", "requests", rpm_limit)
+        tpm = RateCheck("org", "shared", "shared", "tokens", 1_000_000)
+        await asyncio.gather(*(c.ping() for _ in range(A_CYCLES)))  # open the connections
+        barrier.wait(30)
+
+        async def cycle(i: int) -> bool:
+            res = await c.admit((check,), AMOUNT, (rpm, tpm), 10, RateState())
+            if not isinstance(res, Reservation):
+                return False
+            await asyncio.sleep(((seed * 7 + i) % 5) / 1000)
+            await c.finish(res, AMOUNT, (rpm, tpm), 5)  # cost exactly as reserved
+            return True
+
+        try:
+            started = time.time()
+            done = await asyncio.gather(*(cycle(i) for i in range(A_CYCLES)))
+            return sum(done), started, time.time()
+        finally:
+            await c.close()
+
+    results.put(asyncio.run(main()))
+
+
+def admit_budget_worker(prefix: str, barrier: Any, results: Any, seed: int) -> None:
+    _admit_worker(prefix, barrier, results, seed, LIMIT, 1000)  # $1 = 100 x $0.01
+
+
+def admit_rate_worker(prefix: str, barrier: Any, results: Any, seed: int) -> None:
+    _admit_worker(prefix, barrier, results, seed, 1000.0, RPM)
+
+
+async def _shared_state(prefix: str, limit_usd: float, rpm_limit: int) -> tuple[str, int | None]:
+    """(the budget's settled micro-dollars in Redis, rpm remaining after one more request or
+    None if it is refused)."""
+    c = RedisCounters(REDIS_URL, zero_loader, prefix=prefix)
+    client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        check = budget("org", "shared", limit_usd)
+        rpm = RateCheck("org", "shared", "shared", "requests", rpm_limit)
+        state = RateState()
+        refused = await c.hit((rpm,), 0, state)
+        raw = await client.hget(f"{prefix}budget:{check.key}", "spent")
+        assert await c.spent(check) * 1_000_000 == pytest.approx(int(str(raw)))  # none reserved
+        return str(raw), None if refused else state.of(rpm)[0]
+    finally:
+        await client.aclose()
+        await c.close()
+
+
+def test_admit_budget_exact_across_processes(prefix: str) -> None:
+    runs = run_workers(admit_budget_worker, prefix)
+    admitted = sum(n for n, _, _ in runs)
+    # spent + reserved only grows, by exactly $0.01 per admission: exactly 100 fit in $1
+    assert admitted == 100
+    raw, remaining = asyncio.run(_shared_state(prefix, LIMIT, 1000))
+    assert int(raw) == admitted * 10_000
+    # the 140 budget refusals took no rate allowance: one more request sees 899 left, plus
+    # what refilled since (one per 60 ms); had they counted, it would see 140 fewer
+    assert remaining is not None and remaining >= 1000 - admitted - 1
+
+
+def test_admit_rate_exact_across_processes(prefix: str) -> None:
+    runs = run_workers(admit_rate_worker, prefix)
+    admitted = sum(n for n, _, _ in runs)
+    span = max(end for _, _, end in runs) - min(start for _, start, _ in runs)
+    if span < 0.6:  # GCRA refills one request every 0.6 s
+        assert admitted == RPM
+    else:
+        assert RPM <= admitted <= RPM + int(span / 0.6) + 1
+    raw, _ = asyncio.run(_shared_state(prefix, 1000.0, RPM))
+    assert int(raw) == admitted * 10_000  # the rate refusals reserved nothing
+
+
+def test_rebuild_after_flush_through_admit(prefix: str) -> None:
+    async def main() -> None:
+        loader = Loader(0.42)
+        c = RedisCounters(REDIS_URL, loader, prefix=prefix)
+        try:
+            day, org = budget("user", "bob", 5.0, "day"), budget("org", "acme", 50.0)
+            rpm = RateCheck("user", "bob", "bob", "requests", 3)
+            state = RateState()
+            res = await c.admit((day, org), 0.10, (rpm,), 0, state)
+            assert isinstance(res, Reservation) and res.used == (0.42, 0.42)
+            assert loader.calls == 2
+            assert state.of(rpm)[0] == 2  # the round that found spends missing counted nothing
+            await c.finish(res, 0.05, (rpm,), 0)
+            assert await c.spent(day) == 0.47 and loader.calls == 2
+
+            flushdb()  # Redis restarted empty: the database is the ledger
+            loader.default = 0.47
+            state = RateState()
+            res = await c.admit((day, org), 0.10, (rpm,), 0, state)
+            assert isinstance(res, Reservation) and res.used == (0.47, 0.47)
+            assert loader.calls == 4 and state.of(rpm)[0] == 2  # rate state went with it
+            await c.finish(res, 0.10, (), 0)
+
+            loader.values[("user", "bob")] = 1.0
+            await c.forget("user", "bob")  # only one of the two is missing
+            res = await c.admit((day, org), 0.10, (rpm,), 0, RateState())
+            assert isinstance(res, Reservation) and res.used == (1.0, 0.57)
+            assert loader.calls == 5
+            again = await c.admit((day, org), 0.10, (rpm,), 0, RateState())
+            assert isinstance(again, Reservation) and again.used == (1.1, 0.67)
+            assert loader.calls == 5  # cached again
+            refused = await c.admit((day, org), 0.10, (rpm,), 0, RateState())
+            assert isinstance(refused, RateRefusal)  # the fourth of 3 per minute
+            for r in (res, again):
+                await c.finish(r, 0.0, (), 0)
+            assert await c.spent(day) == 1.0 and await c.spent(org) == 0.57
+        finally:
+            await c.close()
+
+    asyncio.run(main())

@@ -197,29 +197,24 @@ class Controls:
         if tpm:
             tokens = min(tokens, min(tpm))
         ticket = Ticket(rate_checks=rate_checks, tokens_estimate=tokens, backend=self.backend)
-        local = self.local
-        # budgets first: a request refused for money must not use up its rate allowance
+        # budgets first (a request refused for money keeps its rate allowance), then rate
+        # limits (a refused request reserves nothing): one step in either backend
+        result: Reservation | BudgetRefusal | RateRefusal | None = None
+        if ticket.backend is self.local:  # in process: no await on the hot path
+            result = self.local.admit_now(budgets, amount, rate_checks, tokens, ticket.rate_state)
+        if result is None:
+            result = await self._call(
+                ticket, "admit", budgets, amount, rate_checks, tokens, ticket.rate_state
+            )
+        if isinstance(result, BudgetRefusal):
+            self.metrics.budget_rejections.inc()
+            raise self._budget_error(result)
+        if isinstance(result, RateRefusal):
+            self.metrics.rate_limited.inc()
+            raise self._rate_error(result)
         if budgets:
-            result = local.reserve_now(budgets, amount) if ticket.backend is local else None
-            if result is None:
-                result = await self._call(ticket, "reserve", budgets, amount)
-            if isinstance(result, BudgetRefusal):
-                self.metrics.budget_rejections.inc()
-                raise self._budget_error(result)
             ticket.reservation = result
-        if rate_checks:
-            if ticket.backend is local:  # in process: no awaits on the hot path
-                refused = local.hit_now(rate_checks, tokens, ticket.rate_state)
-            else:
-                refused = await self._call(ticket, "hit", rate_checks, tokens, ticket.rate_state)
-            if isinstance(refused, RateRefusal):
-                if ticket.reservation is not None:  # give the reservation back
-                    ticket.rate_checks = ()
-                    await self.settle(ticket, 0.0, 0)
-                self.metrics.rate_limited.inc()
-                raise self._rate_error(refused)
-        if ticket.reservation is not None:
-            self._soft_limits(ticket, ticket.reservation)
+            self._soft_limits(ticket, result)
         return ticket
 
     def _soft_limits(self, ticket: Ticket, reservation: Reservation) -> None:
@@ -244,18 +239,12 @@ class Controls:
 
     async def settle(self, ticket: Ticket, cost: float | None, tokens: int) -> None:
         backend = ticket.backend or self.backend
-        extra_tokens = tokens - ticket.tokens_estimate
+        extra_tokens = tokens - ticket.tokens_estimate if ticket.rate_checks else 0
         if backend is self.local:
-            if ticket.reservation is not None:
-                self.local.settle_now(ticket.reservation, cost or 0.0)
-            if ticket.rate_checks and extra_tokens:
-                self.local.add_tokens_now(ticket.rate_checks, extra_tokens)
+            self.local.finish_now(ticket.reservation, cost or 0.0, ticket.rate_checks, extra_tokens)
             return
         try:
-            if ticket.reservation is not None:
-                await backend.settle(ticket.reservation, cost or 0.0)
-            if ticket.rate_checks and extra_tokens:
-                await backend.add_tokens(ticket.rate_checks, extra_tokens)
+            await backend.finish(ticket.reservation, cost or 0.0, ticket.rate_checks, extra_tokens)
         except ConnectionError:
             self._warn("could not settle a request's spend in the shared counters")
 

@@ -104,6 +104,30 @@ class CounterBackend(Protocol):
 
     async def add_tokens(self, checks: tuple[RateCheck, ...], tokens: int) -> None: ...
 
+    async def admit(
+        self,
+        budgets: tuple[BudgetCheck, ...],
+        amount: float,
+        rates: tuple[RateCheck, ...],
+        tokens: int,
+        state: RateState,
+    ) -> Reservation | BudgetRefusal | RateRefusal:
+        """``reserve`` then ``hit`` in one atomic step: every budget is checked (a refusal
+        changes nothing), then every rate limit (a refusal reserves nothing and changes no rate
+        state), then ``amount`` is reserved on every budget and every rate limit is counted.
+        ``state`` is filled as ``hit`` fills it. Without budgets, the reservation has no
+        checks."""
+
+    async def finish(
+        self,
+        reservation: Reservation | None,
+        actual: float,
+        rates: tuple[RateCheck, ...],
+        extra_tokens: int,
+    ) -> None:
+        """``settle(reservation, actual)`` (when there is one) and
+        ``add_tokens(rates, extra_tokens)`` in one step."""
+
     async def settled(self, check: BudgetCheck) -> float:
         """Settled spend only (no reservations)."""
 
@@ -166,6 +190,17 @@ class InProcessCounters:
     ) -> Reservation | BudgetRefusal | None:
         """``reserve`` in one step on the event loop (no await between check and reserve);
         None when a spend has to be loaded from the database first."""
+        useds = self._check_budgets(checks)
+        if useds is None or isinstance(useds, BudgetRefusal):
+            return useds
+        self._reserve(checks, amount)
+        return Reservation(checks, amount, useds)
+
+    def _check_budgets(
+        self, checks: tuple[BudgetCheck, ...]
+    ) -> tuple[float, ...] | BudgetRefusal | None:
+        """What each check has used (settled + reserved), the first refusal, or None when a
+        spend has to be loaded first. Changes nothing."""
         spent, reserved = self._spent, self._reserved
         useds = []
         for check in checks:
@@ -176,9 +211,51 @@ class InProcessCounters:
             if used >= check.limit_usd:
                 return BudgetRefusal(check, used)
             useds.append(used)
+        return tuple(useds)
+
+    def _reserve(self, checks: tuple[BudgetCheck, ...], amount: float) -> None:
+        reserved = self._reserved
         for check in checks:
             reserved[check.key] = reserved.get(check.key, 0.0) + amount
-        return Reservation(checks, amount, tuple(useds))
+
+    async def admit(
+        self,
+        budgets: tuple[BudgetCheck, ...],
+        amount: float,
+        rates: tuple[RateCheck, ...],
+        tokens: int,
+        state: RateState,
+    ) -> Reservation | BudgetRefusal | RateRefusal:
+        """``admit_now``, loading missing spends from the database first."""
+        while True:
+            result = self.admit_now(budgets, amount, rates, tokens, state)
+            if result is not None:
+                return result
+            for check in budgets:
+                await self._ensure(check)
+
+    def admit_now(
+        self,
+        budgets: tuple[BudgetCheck, ...],
+        amount: float,
+        rates: tuple[RateCheck, ...],
+        tokens: int,
+        state: RateState,
+    ) -> Reservation | BudgetRefusal | RateRefusal | None:
+        """``CounterBackend.admit`` in one step on the event loop; None (nothing changed,
+        ``state`` untouched) when a spend has to be loaded from the database first."""
+        useds = self._check_budgets(budgets)
+        if useds is None or isinstance(useds, BudgetRefusal):
+            return useds
+        if rates:
+            updates = self._check_rates(rates, tokens, state)
+            if isinstance(updates, RateRefusal):
+                return updates
+            tats = self._tat
+            for key, tat in updates:
+                tats[key] = tat
+        self._reserve(budgets, amount)
+        return Reservation(budgets, amount, useds)
 
     async def settle(self, reservation: Reservation, actual: float) -> None:
         self.settle_now(reservation, actual)
@@ -213,6 +290,18 @@ class InProcessCounters:
     def hit_now(
         self, checks: tuple[RateCheck, ...], tokens: int, state: RateState
     ) -> RateRefusal | None:
+        updates = self._check_rates(checks, tokens, state)
+        if isinstance(updates, RateRefusal):
+            return updates
+        for key, tat in updates:
+            self._tat[key] = tat
+        return None
+
+    def _check_rates(
+        self, checks: tuple[RateCheck, ...], tokens: int, state: RateState
+    ) -> list[tuple[str, float]] | RateRefusal:
+        """GCRA on every check, changing nothing: the new arrival times, or the first refusal.
+        Appends (check, remaining, reset) to ``state`` for each check that allows."""
         now = self._clock()
         updates: list[tuple[str, float]] = []
         for check in checks:
@@ -222,9 +311,7 @@ class InProcessCounters:
                 return RateRefusal(check, retry)
             updates.append((check.key, tat))
             state.remaining.append((check, remaining, tat - now))
-        for key, tat in updates:
-            self._tat[key] = tat
-        return None
+        return updates
 
     async def add_tokens(self, checks: tuple[RateCheck, ...], tokens: int) -> None:
         self.add_tokens_now(checks, tokens)
@@ -235,6 +322,28 @@ class InProcessCounters:
             if check.kind == "tokens" and tokens:
                 tat = max(self._tat.get(check.key, now), now)
                 self._tat[check.key] = tat + tokens * _WINDOW / check.limit
+
+    async def finish(
+        self,
+        reservation: Reservation | None,
+        actual: float,
+        rates: tuple[RateCheck, ...],
+        extra_tokens: int,
+    ) -> None:
+        self.finish_now(reservation, actual, rates, extra_tokens)
+
+    def finish_now(
+        self,
+        reservation: Reservation | None,
+        actual: float,
+        rates: tuple[RateCheck, ...],
+        extra_tokens: int,
+    ) -> None:
+        """``settle_now`` (when there is a reservation) and ``add_tokens_now``."""
+        if reservation is not None:
+            self.settle_now(reservation, actual)
+        if rates and extra_tokens:
+            self.add_tokens_now(rates, extra_tokens)
 
     async def close(self) -> None:
         return None

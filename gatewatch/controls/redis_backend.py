@@ -2,7 +2,9 @@
 
 ``RedisCounters`` has the methods and semantics of ``InProcessCounters`` (see ``counters``);
 each decision is one Lua script, so it is atomic across every process that shares the Redis
-database and the key ``prefix``.
+database and the key ``prefix``. A request needs two round trips: ``admit`` (budgets, then rate
+limits, then reserve and count: ``reserve`` + ``hit`` in one script) and ``finish``
+(``settle`` + ``add_tokens`` in one script).
 
 Budgets. One hash per ``BudgetCheck.key``, ``{prefix}budget:{check.key}``, with integer
 micro-dollars (1e-6 USD resolution: amounts are rounded to the nearest micro-dollar at the
@@ -26,9 +28,9 @@ checks are tested before any is updated. The key expires when its arrival time h
 
 Errors. Redis unreachable, timing out (0.5 s by default) or refusing commands raises
 ``CountersUnavailable`` (a ``ConnectionError``), so the caller can fail open or closed. After a
-connection failure, admission calls (``reserve``, ``spent``, ``hit``) fail at once for
-``retry_interval`` seconds instead of each waiting for a timeout. Commands are never retried:
-a retried script could count twice.
+connection failure, admission calls (``admit``, ``reserve``, ``spent``, ``hit``) fail at
+once for ``retry_interval`` seconds instead of each waiting for a timeout. Commands are never
+retried: a retried script could count twice.
 
 Needs Redis >= 5 (scripts replicated by effects). Not for Redis Cluster: one request's checks
 (key, user, org) hash to different slots."""
@@ -98,6 +100,29 @@ local function used_of(key, oldest, prune)
   end
   return spent + reserved
 end
+-- whether the key has its spent, after setting it from init (micro-dollars, '' = not loaded)
+local function has_spent(key, init, secs, period_end, grace, cap)
+  if redis.call('HEXISTS', key, 'spent') == 1 then return true end
+  if init == '' then return false end
+  redis.call('HSET', key, 'spent', init)
+  redis.call('EXPIRE', key, budget_ttl(secs, period_end, grace, cap))
+  return true
+end
+-- releases amount from reservation bucket ('' = not reserved in Redis) and adds actual (a
+-- string of micro-dollars) to a loaded spent
+local function settle_key(key, amount, actual, bucket, secs, period_end, grace, cap)
+  if redis.call('EXISTS', key) == 0 then return end
+  if bucket ~= '' and amount ~= 0 then
+    local f = 'r:' .. bucket
+    if redis.call('HINCRBY', key, f, -amount) <= 0 then redis.call('HDEL', key, f) end
+  end
+  if tonumber(actual) ~= 0 and redis.call('HEXISTS', key, 'spent') == 1 then
+    redis.call('HINCRBY', key, 'spent', actual)
+  end
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('EXPIRE', key, budget_ttl(secs, period_end, grace, cap))
+  end
+end
 """
 
 # KEYS: budget hashes. ARGV: amount, bucket seconds, live buckets, grace, cap, then per key
@@ -114,14 +139,8 @@ local secs = now_parts()
 local bucket = math.floor(secs / width)
 local missing = {-1}
 for i, key in ipairs(KEYS) do
-  if redis.call('HEXISTS', key, 'spent') == 0 then
-    local init = ARGV[5 + 3 * i]
-    if init ~= '' then
-      redis.call('HSET', key, 'spent', init)
-      redis.call('EXPIRE', key, budget_ttl(secs, tonumber(ARGV[4 + 3 * i]), grace, cap))
-    else
-      missing[#missing + 1] = i
-    end
+  if not has_spent(key, ARGV[5 + 3 * i], secs, tonumber(ARGV[4 + 3 * i]), grace, cap) then
+    missing[#missing + 1] = i
   end
 end
 if #missing > 1 then return missing end
@@ -146,11 +165,9 @@ _SPENT = (
     + """
 local key = KEYS[1]
 local secs = now_parts()
-if redis.call('HEXISTS', key, 'spent') == 0 then
-  if ARGV[6] == '' then return {-1} end
-  redis.call('HSET', key, 'spent', ARGV[6])
-  redis.call('EXPIRE', key,
-    budget_ttl(secs, tonumber(ARGV[5]), tonumber(ARGV[3]), tonumber(ARGV[4])))
+if not has_spent(key, ARGV[6], secs, tonumber(ARGV[5]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+then
+  return {-1}
 end
 local oldest = math.floor(secs / tonumber(ARGV[1])) - tonumber(ARGV[2])
 return {1, used_of(key, oldest, false)}
@@ -162,22 +179,11 @@ return {1, used_of(key, oldest, false)}
 _SETTLE = (
     _BUDGET_LIB
     + """
-local amount, actual, bucket = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local amount, bucket = tonumber(ARGV[1]), ARGV[3]
 local grace, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
 local secs = now_parts()
 for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    if bucket ~= '' and amount ~= 0 then
-      local f = 'r:' .. bucket
-      if redis.call('HINCRBY', key, f, -amount) <= 0 then redis.call('HDEL', key, f) end
-    end
-    if actual ~= 0 and redis.call('HEXISTS', key, 'spent') == 1 then
-      redis.call('HINCRBY', key, 'spent', ARGV[2])
-    end
-    if redis.call('EXISTS', key) == 1 then
-      redis.call('EXPIRE', key, budget_ttl(secs, tonumber(ARGV[5 + i]), grace, cap))
-    end
-  end
+  settle_key(key, amount, ARGV[2], bucket, secs, tonumber(ARGV[5 + i]), grace, cap)
 end
 return 1
 """
@@ -198,6 +204,29 @@ local function store(key, tat)
   if ms < 0 then ms = 0 end
   redis.call('SET', key, fmt(tat), 'PX', ms + 1000)
 end
+-- GCRA as counters.gcra on rate keys KEYS[first + j], j = 1..n (limit per minute and cost in
+-- ARGV[base + 2j - 1], ARGV[base + 2j]), all checks first, changing nothing: appends remaining
+-- and reset of each allowing check to out; returns the new arrival times, or nil, j, seconds
+-- over when check j refuses
+local function check_rates(first, n, base, out)
+  local news = {}
+  for j = 1, n do
+    local limit, cost = tonumber(ARGV[base + 2 * j - 1]), tonumber(ARGV[base + 2 * j])
+    local tat = tat_of(KEYS[first + j])
+    local interval = window / limit
+    local start = math.max(tat, now)
+    local new_tat = start + interval * cost
+    local over = new_tat - now - window
+    if over > 1e-9 then return nil, j, over end
+    news[j] = new_tat
+    out[#out + 1] = math.max(0, math.floor((window - (new_tat - now)) / interval))
+    out[#out + 1] = fmt(new_tat - now)
+  end
+  return news
+end
+local function add_tokens(key, limit, tokens)
+  store(key, math.max(tat_of(key), now) + tokens * window / limit)
+end
 """
 
 # KEYS: rate keys. ARGV: per key (limit per minute, cost). GCRA as counters.gcra, all checks
@@ -207,21 +236,10 @@ _HIT = (
     _RATE_LIB
     + """
 local out = {1, 0, '0'}
-local news = {}
-for i, key in ipairs(KEYS) do
-  local limit, cost = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local tat = tat_of(key)
-  local interval = window / limit
-  local base = math.max(tat, now)
-  local new_tat = base + interval * cost
-  local over = new_tat - now - window
-  if over > 1e-9 then
-    out[1], out[2], out[3] = 0, i, fmt(over)
-    return out
-  end
-  news[i] = new_tat
-  out[#out + 1] = math.max(0, math.floor((window - (new_tat - now)) / interval))
-  out[#out + 1] = fmt(new_tat - now)
+local news, refused, over = check_rates(0, #KEYS, 0, out)
+if not news then
+  out[1], out[2], out[3] = 0, refused, fmt(over)
+  return out
 end
 for i, key in ipairs(KEYS) do store(key, news[i]) end
 return out
@@ -233,8 +251,72 @@ _ADD_TOKENS = (
     _RATE_LIB
     + """
 for i, key in ipairs(KEYS) do
-  local limit, tokens = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  store(key, math.max(tat_of(key), now) + tokens * window / limit)
+  add_tokens(key, tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]))
+end
+return 1
+"""
+)
+
+# _RESERVE then _HIT in one step. KEYS: nb budget hashes, then nr rate keys. ARGV: nb, nr,
+# amount, bucket seconds, live buckets, grace, cap, per budget (limit, period end, initial
+# spent or ''), per rate (limit per minute, cost); money in micro-dollars. Budgets are checked
+# first, then rates, and nothing is reserved or counted unless all allow. Returns
+# {-1, i...} (budgets whose spent is missing: load them and call again with initial values),
+# {0, i, used} (refused by budget i), {2, j, over, used..., remaining, reset, ...} (refused by
+# rate j: remaining and reset of the rates before j) or {1, bucket, '0', used..., remaining,
+# reset, ...} (reserved in that bucket and counted).
+_ADMIT = (
+    _BUDGET_LIB
+    + _RATE_LIB
+    + """
+local nb, nr, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local width, live = tonumber(ARGV[4]), tonumber(ARGV[5])
+local grace, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local secs = tonumber(t[1])
+local bucket = math.floor(secs / width)
+local missing = {-1}
+for i = 1, nb do
+  if not has_spent(KEYS[i], ARGV[7 + 3 * i], secs, tonumber(ARGV[6 + 3 * i]), grace, cap) then
+    missing[#missing + 1] = i
+  end
+end
+if #missing > 1 then return missing end
+local out = {1, bucket, '0'}
+for i = 1, nb do
+  local used = used_of(KEYS[i], bucket - live, true)
+  if used >= tonumber(ARGV[5 + 3 * i]) then return {0, i, used} end
+  out[#out + 1] = used
+end
+local news, refused, over = check_rates(nb, nr, 7 + 3 * nb, out)
+if not news then
+  out[1], out[2], out[3] = 2, refused, fmt(over)
+  return out
+end
+for i = 1, nb do
+  if amount ~= 0 then redis.call('HINCRBY', KEYS[i], 'r:' .. bucket, ARGV[3]) end
+  redis.call('EXPIRE', KEYS[i], budget_ttl(secs, tonumber(ARGV[6 + 3 * i]), grace, cap))
+end
+for j = 1, nr do store(KEYS[nb + j], news[j]) end
+return out
+"""
+)
+
+# _SETTLE then _ADD_TOKENS in one step. KEYS: nb budget hashes, then token rate keys. ARGV:
+# nb, amount, actual, bucket ('' = not reserved in Redis), grace, cap, per budget the period
+# end, per rate key (limit per minute, tokens).
+_FINISH = (
+    _BUDGET_LIB
+    + _RATE_LIB
+    + """
+local nb, amount, bucket = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
+local grace, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
+local secs = tonumber(t[1])
+for i = 1, nb do
+  settle_key(KEYS[i], amount, ARGV[3], bucket, secs, tonumber(ARGV[6 + i]), grace, cap)
+end
+local base = 6 + nb
+for j = 1, #KEYS - nb do
+  add_tokens(KEYS[nb + j], tonumber(ARGV[base + 2 * j - 1]), tonumber(ARGV[base + 2 * j]))
 end
 return 1
 """
@@ -326,6 +408,8 @@ class RedisCounters:
         self._settle = self._redis.register_script(_SETTLE)
         self._hit = self._redis.register_script(_HIT)
         self._add_tokens = self._redis.register_script(_ADD_TOKENS)
+        self._admit = self._redis.register_script(_ADMIT)
+        self._finish = self._redis.register_script(_FINISH)
         self._adjust = self._redis.register_script(_ADJUST)
         self._settled = self._redis.register_script(_SETTLED)
 
@@ -491,6 +575,80 @@ class RedisCounters:
             args += [check.limit, tokens]
         with self._guard(admission=False):
             await self._run(self._add_tokens, [self._rate_key(c) for c in token_checks], args)
+
+    # -- both in one round trip -----------------------------------------------------------------
+
+    async def admit(
+        self,
+        budgets: tuple[BudgetCheck, ...],
+        amount: float,
+        rates: tuple[RateCheck, ...],
+        tokens: int,
+        state: RateState,
+    ) -> Reservation | BudgetRefusal | RateRefusal:
+        """``reserve`` then ``hit`` in one script (see ``CounterBackend.admit``): one round
+        trip, plus one per round of spends to load from the database."""
+        micros = _micros(amount)
+        if not budgets and not rates:
+            return RedisReservation(budgets, amount, (), micros=micros)
+        nb = len(budgets)
+        keys = [self._budget_key(c) for c in budgets] + [self._rate_key(c) for c in rates]
+        rate_args: list[Any] = []
+        for rate in rates:
+            cost = 1.0 if rate.kind == "requests" else float(max(tokens, 0))
+            rate_args += [rate.limit, repr(cost)]
+        inits = [""] * nb
+        for _ in range(_MAX_LOAD_ROUNDS):
+            args: list[Any] = [nb, len(rates), micros, _BUCKET, self._live_buckets]
+            args += [_GRACE, _MAX_TTL]
+            for check, init in zip(budgets, inits, strict=True):
+                args += [_micros(check.limit_usd), repr(float(check.end)), init]
+            args += rate_args
+            with self._guard(admission=True):
+                result = await self._run(self._admit, keys, args)
+            status = int(result[0])
+            if status == 0:
+                return BudgetRefusal(budgets[int(result[1]) - 1], _usd(int(result[2])))
+            if status == -1:
+                missing = [int(i) - 1 for i in result[1:]]
+                loaded = await self._initial([budgets[i] for i in missing])
+                for i, value in zip(missing, loaded, strict=True):
+                    inits[i] = value
+                continue
+            seen = result[3 + nb :]
+            for n, rate in enumerate(rates[: len(seen) // 2]):
+                state.remaining.append((rate, int(seen[2 * n]), float(seen[2 * n + 1])))
+            if status == 2:
+                return RateRefusal(rates[int(result[1]) - 1], float(result[2]))
+            used = tuple(_usd(int(u)) for u in result[3 : 3 + nb])
+            bucket = int(result[1]) if budgets else -1
+            return RedisReservation(budgets, amount, used, micros=micros, bucket=bucket)
+        raise CountersUnavailable("Redis budget keys keep disappearing (is Redis evicting keys?)")
+
+    async def finish(
+        self,
+        reservation: Reservation | None,
+        actual: float,
+        rates: tuple[RateCheck, ...],
+        extra_tokens: int,
+    ) -> None:
+        """``settle`` and ``add_tokens`` in one script (one round trip, none when there is
+        nothing to do)."""
+        budgets = reservation.checks if reservation is not None else ()
+        token_rates = [c for c in rates if c.kind == "tokens"] if extra_tokens else []
+        if not budgets and not token_rates:
+            return
+        if isinstance(reservation, RedisReservation):
+            micros, bucket = reservation.micros, str(reservation.bucket)
+        else:
+            micros, bucket = 0, ""
+        args: list[Any] = [len(budgets), micros, _micros(actual), bucket, _GRACE, _MAX_TTL]
+        args += [repr(float(c.end)) for c in budgets]
+        for rate in token_rates:
+            args += [rate.limit, extra_tokens]
+        keys = [self._budget_key(c) for c in budgets] + [self._rate_key(c) for c in token_rates]
+        with self._guard(admission=False):
+            await self._run(self._finish, keys, args)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
