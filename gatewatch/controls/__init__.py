@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,32 +44,37 @@ _REMAINING_HEADER = {k: f"x-ratelimit-remaining-{k}".encode() for k in ("request
 _RESET_HEADER = {k: f"x-ratelimit-reset-{k}".encode() for k in ("requests", "tokens")}
 
 
-@dataclass(slots=True)
 class Ticket:
     """What admission took for a request, given back at settlement."""
 
-    reservation: Reservation | None = None
-    rate_checks: tuple[RateCheck, ...] = ()
-    tokens_estimate: int = 0
-    rate_state: RateState = field(default_factory=RateState)
-    backend: CounterBackend | None = None
-    warnings: list[str] = field(default_factory=list)
+    __slots__ = ("backend", "rate_checks", "rate_state", "reservation", "tokens_estimate",
+                 "warnings")  # fmt: skip
+
+    def __init__(
+        self, rate_checks: tuple[RateCheck, ...], tokens_estimate: int, backend: CounterBackend
+    ) -> None:
+        self.reservation: Reservation | None = None
+        self.rate_checks = rate_checks
+        self.tokens_estimate = tokens_estimate
+        self.rate_state = RateState()
+        self.backend = backend
+        self.warnings: list[str] = []
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``x-ratelimit-*`` headers in the style providers use (the tightest limit of each
         kind), and ``x-gatewatch-budget-warning`` past a soft limit."""
-        out: list[tuple[bytes, bytes]] = [
-            (b"x-gatewatch-budget-warning", w.encode("utf-8", "replace")) for w in self.warnings
-        ]
+        out = [(b"x-gatewatch-budget-warning", w.encode("utf-8", "replace")) for w in self.warnings]
         tightest: dict[str, tuple[RateCheck, int, float]] = {}
         for entry in self.rate_state.remaining:
             kind = entry[0].kind
             if kind not in tightest or entry[1] < tightest[kind][1]:
                 tightest[kind] = entry
         for kind, (check, rem, reset) in tightest.items():
-            out.append((_LIMIT_HEADER[kind], str(check.limit).encode()))
-            out.append((_REMAINING_HEADER[kind], str(rem).encode()))
-            out.append((_RESET_HEADER[kind], f"{max(reset, 0):.3f}s".encode()))
+            out += (
+                (_LIMIT_HEADER[kind], check.limit_bytes),
+                (_REMAINING_HEADER[kind], b"%d" % rem),
+                (_RESET_HEADER[kind], b"%.3fs" % (reset if reset > 0 else 0.0)),
+            )
         return out
 
 
@@ -237,12 +241,20 @@ class Controls:
                     self._warned.add(check.key)
                     log.warning("soft limit: %s", ticket.warnings[-1])
 
+    def settle_now(self, ticket: Ticket, cost: float | None, tokens: int) -> bool:
+        """Settle without awaiting when the ticket's counters are this process's; False when
+        ``settle`` must be awaited instead."""
+        if ticket.backend is not self.local:
+            return False
+        extra_tokens = tokens - ticket.tokens_estimate if ticket.rate_checks else 0
+        self.local.finish_now(ticket.reservation, cost or 0.0, ticket.rate_checks, extra_tokens)
+        return True
+
     async def settle(self, ticket: Ticket, cost: float | None, tokens: int) -> None:
+        if self.settle_now(ticket, cost, tokens):
+            return
         backend = ticket.backend or self.backend
         extra_tokens = tokens - ticket.tokens_estimate if ticket.rate_checks else 0
-        if backend is self.local:
-            self.local.finish_now(ticket.reservation, cost or 0.0, ticket.rate_checks, extra_tokens)
-            return
         try:
             await backend.finish(ticket.reservation, cost or 0.0, ticket.rate_checks, extra_tokens)
         except ConnectionError:

@@ -64,9 +64,11 @@ class RateCheck:
     kind: str  # requests | tokens
     limit: int  # per minute
     key: str = field(init=False, compare=False, repr=False)
+    limit_bytes: bytes = field(init=False, compare=False, repr=False)  # for headers
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.scope}:{self.scope_id}:{self.kind}")
+        object.__setattr__(self, "limit_bytes", b"%d" % self.limit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,7 +254,8 @@ class ProxyHandler:
                 watch.stop()
             if ticket is not None:  # charged before the record is even queued (§C1)
                 tokens = (rec.input_tokens or 0) + (rec.output_tokens or 0)
-                await self.controls.settle(ticket, rec.cost_usd, tokens)
+                if not self.controls.settle_now(ticket, rec.cost_usd, tokens):
+                    await self.controls.settle(ticket, rec.cost_usd, tokens)
             self.metrics.inflight.dec()
             self._finish(rec, t0, upstream_time[0])
 
