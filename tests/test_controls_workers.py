@@ -83,10 +83,14 @@ def test_rate_limit_is_shared_by_four_workers(
             )
             return r.status_code
 
+        t0 = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             codes = list(pool.map(call, range(60)))
-        assert codes.count(200) == 20, codes
-        assert codes.count(429) == 40, codes
+        elapsed = time.monotonic() - t0
+        # GCRA with a burst of 20 refills one request every 3 s: exact, allowing for the refill
+        refilled = int(elapsed // 3)
+        assert 20 <= codes.count(200) <= 20 + refilled, (elapsed, codes)
+        assert codes.count(200) + codes.count(429) == 60, codes
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
