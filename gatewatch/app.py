@@ -59,7 +59,6 @@ class Gateway:
             self.controls, self.breakers,
         )  # fmt: skip
         self.api = create_api(self.store, self.keys, self.controls, self.breakers)
-        self._providers = {p.name: p for p in settings.providers}
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
@@ -120,7 +119,7 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            matched = match_proxy_path(path, self._providers)
+            matched = match_proxy_path(path)
             if matched is not None:
                 await self.proxy(scope, receive, send, *matched)
                 return

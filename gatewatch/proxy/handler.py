@@ -110,7 +110,7 @@ class _UpstreamFailed(Exception):
         self.status = status
 
 
-def match_proxy_path(path: str, providers: dict[str, Any]) -> tuple[Endpoint, str | None] | None:
+def match_proxy_path(path: str) -> tuple[Endpoint, str | None] | None:
     """``/v1/…`` or ``/{provider}/v1/…`` → (endpoint, provider name or None)."""
     endpoint = ENDPOINTS.get(path)
     if endpoint is not None:
