@@ -19,6 +19,7 @@ from gatewatch.controls import Controls
 from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.controls.periods import window
 from gatewatch.records import format_ts
+from gatewatch.settings import Settings
 from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filters
 
 __all__ = ["ApiError", "create_api"]
@@ -106,7 +107,11 @@ class Adjustment(BaseModel):
 
 
 def create_api(
-    store: Store, keys: KeyCache, controls: Controls, breakers: CircuitBreakers
+    store: Store,
+    keys: KeyCache,
+    controls: Controls,
+    breakers: CircuitBreakers,
+    settings: Settings,
 ) -> FastAPI:
     app = FastAPI(
         title="gatewatch management API",

@@ -58,7 +58,7 @@ class Gateway:
             settings, self.keys, self.writer, self.metrics, PriceBook(settings.prices),
             self.controls, self.breakers,
         )  # fmt: skip
-        self.api = create_api(self.store, self.keys, self.controls, self.breakers)
+        self.api = create_api(self.store, self.keys, self.controls, self.breakers, settings)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 

@@ -22,6 +22,7 @@ __all__ = [
     "BudgetSettings",
     "CircuitBreakerSettings",
     "ConfigError",
+    "CurrencySettings",
     "LimitsSettings",
     "PriceOverride",
     "ProviderSettings",
@@ -174,6 +175,20 @@ class PriceOverride(_Section):
     reasoning: float | None = Field(default=None, ge=0, description="Defaults to the output rate")
 
 
+class CurrencySettings(_Section):
+    """The currency costs are shown in (they are stored in USD)."""
+
+    code: str = Field(default="USD", description="ISO 4217 code, e.g. EUR or INR")
+    usd_rate: float = Field(default=1.0, gt=0, description="Units of this currency per USD")
+
+    @field_validator("code")
+    @classmethod
+    def _iso_code(cls, v: str) -> str:
+        if len(v) != 3 or not v.isalpha():
+            raise ValueError(f"{v!r} is not a three-letter ISO 4217 currency code")
+        return v.upper()
+
+
 class Settings(_Section):
     admin_key: SecretStr | None = Field(default=None, description="Bootstrap key, owner role")
     database: str = Field(default="sqlite:///gatewatch.db", description="sqlite:///path")
@@ -181,6 +196,7 @@ class Settings(_Section):
     analytics: str | None = Field(default=None, description="clickhouse://… for records at scale")
     content: Literal["full", "metadata_only"] = "full"
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    currency: CurrencySettings = Field(default_factory=CurrencySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     providers: list[ProviderSettings] = Field(default_factory=list)
