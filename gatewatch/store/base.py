@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gatewatch.records import Record
 from gatewatch.store.query import RequestQuery, Scope
+from gatewatch.store.rollups import UsageRows, UsageSpec
 
 __all__ = ["Identity", "Page", "ScopeLimits", "Store", "StoreError"]
 
@@ -91,6 +92,24 @@ class Store(abc.ABC):
     def iter_requests(
         self, scope: Scope, query: RequestQuery, page_size: int = 1000
     ) -> Iterator[dict[str, Any]]: ...
+
+    # usage rollups (§A4)
+    @abc.abstractmethod
+    def rebuild_rollups(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Recompute the usage rollups from the stored records; returns how many were read."""
+
+    @abc.abstractmethod
+    def usage_rows(self, scope: Scope, spec: UsageSpec) -> UsageRows: ...
+
+    @abc.abstractmethod
+    def facet_values(
+        self, scope: Scope, dim: str, lo: int, hi: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """Distinct values of a usage dimension seen in [lo, hi), most used first."""
+
+    @abc.abstractmethod
+    def display_names(self, dim: str, ids: Sequence[str]) -> dict[str, str]:
+        """Names of org, user or api_key ids."""
 
     # billing
     @abc.abstractmethod

@@ -122,10 +122,18 @@ def m003_billing(db: sqlite3.Connection) -> None:
     )
 
 
+def m004_rollups(db: sqlite3.Connection) -> None:
+    """Usage rollups per hour and per UTC day (§A4), built from the records already stored."""
+    from gatewatch.store import rollups
+
+    db.executescript(rollups.schema())
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_identities", m001_identities),
     ("m002_requests", m002_requests),
     ("m003_billing", m003_billing),
+    ("m004_rollups", m004_rollups),
 ]
 
 

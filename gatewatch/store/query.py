@@ -211,6 +211,46 @@ class RequestQuery:
         return " AND ".join(parts), all_params
 
 
+# §A1 filters a usage rollup can answer → the dimension it needs (see store/rollups.py).
+ROLLUP_FILTERS = {
+    "initiator": "user",
+    "org": "org",
+    "api_key": "api_key",
+    "provider": "provider",
+    "model": "model",
+    "status": "status",
+    "client": "client",
+    "workflow": "workflow",
+    "end_user": "end_user",
+    "tag": "tag",
+}
+
+
+def rollup_where(query: RequestQuery, scope: Scope) -> tuple[str, list[object]] | None:
+    """The query's filters and the scope as a condition on a rollup table (alias r), or None
+    when a filter is one no rollup keeps (session, status_code, meta.*; time bounds are the
+    caller's start and end). Rollup columns carry the records' names, so the record filters
+    apply unchanged; model (asked for or answered) and tag are columns there, not facets."""
+    sql, params = scope.clause()
+    parts, all_params = ([sql] if sql else []), list(params)
+    for name, values in query.filters.items():
+        if name in ("started_after", "started_before"):
+            continue
+        if name not in ROLLUP_FILTERS:
+            return None
+        marks = ",".join("?" * len(values))
+        cond: Condition
+        if name == "model":
+            cond = f"(r.model IN ({marks}) OR r.model_requested IN ({marks}))", [*values, *values]
+        elif name == "tag":
+            cond = f"r.tag IN ({marks})", [*values]
+        else:
+            cond = _FILTERS[name](values, scope)
+        parts.append(cond[0])
+        all_params.extend(cond[1])
+    return " AND ".join(parts), all_params
+
+
 def and_where(sql: str, keyword: str = "WHERE") -> str:
     """`` WHERE <sql>`` (or `` AND <sql>``), or nothing for no condition: a constant condition
     such as ``1=1`` would keep SQLite from counting rows from its smallest index."""

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gatewatch.records import COLUMNS, Record, format_ts, new_id
+from gatewatch.records import COLUMNS, Record, format_ts, new_id, parse_ts
+from gatewatch.store import rollups
 from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope, and_where
+from gatewatch.store.rollups import UsageRows, UsageSpec
 
 __all__ = ["SQLiteStore"]
 
@@ -39,11 +41,30 @@ def _from_json_rows(table: str, columns: Sequence[str]) -> str:
     return f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) SELECT {picks} FROM json_each(?)"
 
 
+_RECORD_LIST = ", ".join(_RECORD_COLUMNS)
 _INSERT_REQUESTS = _from_json_rows("requests", _RECORD_COLUMNS)
 _INSERT_FACETS = _from_json_rows(
     "request_facets", ("name", "value", "request_id", "org_id", "user_id")
 )
 _INSERT_BODIES = _from_json_rows("request_bodies", ("request_id", "request_body", "response_body"))
+
+# A stored record's rollup facts (see _facts): what rebuild_rollups reads.
+_REBUILD_SELECT = (
+    "SELECT unixepoch(started_at) + CAST(substr(started_at, 21, 3) AS INTEGER) / 1000.0,"
+    " duration_ms, ttft_ms, org_id, user_id, api_key_id, provider, model_requested, model,"
+    " status, client, workflow, end_user, tags, input_tokens, output_tokens, cache_read_tokens,"
+    " cache_write_tokens, reasoning_tokens, cost_usd FROM requests WHERE id >= ? AND id < ?"
+)
+
+
+def _row_facts(row: Sequence[Any]) -> rollups.Facts:
+    (started, duration, ttft, org, user, key, provider, model_requested, model, status, client,
+     workflow, end_user, tags) = row[:14]  # fmt: skip
+    return rollups.facts(
+        started, duration, ttft, org, user, key, provider, model_requested, model, status,
+        client, workflow, end_user, orjson.loads(tags or "[]"), row[14:19], row[19],
+    )  # fmt: skip
+
 
 _ENTITY_TABLES = {"keys": "keys", "users": "users", "orgs": "orgs"}
 _ID_PREFIX = {"keys": "key_", "users": "usr_", "orgs": "org_"}
@@ -80,7 +101,7 @@ def _ulid_floor(ts: float) -> str:
     """The smallest id of the millisecond ``ts`` (ids are ULIDs that start with their time)."""
     from ulid import ULID
 
-    return str(ULID.from_bytes(ULID.from_timestamp(ts).bytes[:6] + b"\x00" * 10))
+    return str(ULID.from_bytes(ULID.from_timestamp(float(ts)).bytes[:6] + b"\x00" * 10))
 
 
 def _now() -> str:
@@ -155,8 +176,18 @@ def _record_row(r: Record) -> tuple[Any, ...]:
     )
 
 
-# (row, facet rows, body row), each as JSON text: see SQLiteStore.prepare
-_Prepared = tuple[bytes, bytes | None, bytes | None]
+def _facts(r: Record) -> rollups.Facts:
+    return rollups.facts(
+        r.started, r.duration_ms, r.ttft_ms, r.org_id, r.user_id, r.api_key_id, r.provider,
+        r.model_requested, r.model, r.status, r.client, r.workflow, r.end_user, r.tags,
+        (r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
+         r.reasoning_tokens),
+        r.cost_usd,
+    )  # fmt: skip
+
+
+# (row, facet rows, body row) as JSON text, and what the record adds to the usage rollups
+_Prepared = tuple[bytes, bytes | None, bytes | None, rollups.Facts, str]
 
 
 def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
@@ -196,6 +227,7 @@ class SQLiteStore(Store):
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=10000")
         db.execute("PRAGMA foreign_keys=ON")
+        rollups.register(db)
         return db
 
     def _reader(self) -> sqlite3.Connection:
@@ -210,7 +242,13 @@ class SQLiteStore(Store):
 
     def migrate(self) -> list[str]:
         with self._write_lock:
-            return apply_migrations(self._writer)
+            applied = apply_migrations(self._writer)
+        if (
+            "m004_rollups" in applied
+            and self._reader().execute("SELECT 1 FROM requests LIMIT 1").fetchone()
+        ):
+            self.rebuild_rollups()
+        return applied
 
     def close(self) -> None:
         with self._readers_lock:
@@ -239,6 +277,8 @@ class SQLiteStore(Store):
             orjson.dumps(_record_row(record)),
             orjson.dumps(facets)[1:-1] if facets else None,
             body,
+            _facts(record),
+            rid,
         )
 
     def insert_prepared(self, batch: Sequence[object]) -> None:
@@ -251,7 +291,17 @@ class SQLiteStore(Store):
             db = self._writer
             db.execute("BEGIN")
             try:
+                # a record stored twice (a retried batch, say) must not count twice
+                stored = {
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM requests WHERE id IN (SELECT value FROM json_each(?))",
+                        (orjson.dumps([p[4] for p in prepared]).decode(),),
+                    )
+                }
+                fresh = {p[4]: p[3] for p in prepared if p[4] not in stored}
                 db.execute(_INSERT_REQUESTS, (rows,))
+                rollups.write(db, list(fresh.values()))
                 db.execute(_INSERT_FACETS, (facets,))
                 if bodies:
                     db.execute(_INSERT_BODIES, ((b"[" + b",".join(bodies) + b"]").decode(),))
@@ -336,6 +386,79 @@ class SQLiteStore(Store):
             if len(rows) < page_size:
                 return
             after = rows[-1][0]
+
+    # ---- usage rollups (§A4) ---------------------------------------------------------------
+
+    def rebuild_rollups(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Recompute the usage rollups from the stored records, one UTC day per transaction (so
+        the gateway's writer never waits long); days older than the oldest record keep their
+        rollups (they outlive raw records, §T1). Returns the number of records read."""
+        db = self._reader()
+        first_id = db.execute("SELECT min(id) FROM requests").fetchone()[0]
+        if first_id is None:
+            return 0
+        first, last = (
+            int(parse_ts(row[0]))
+            for row in db.execute(
+                "SELECT started_at FROM requests WHERE id = ? UNION ALL"
+                " SELECT started_at FROM (SELECT started_at FROM requests ORDER BY id DESC"
+                " LIMIT 1)",
+                (first_id,),
+            ).fetchall()
+        )
+        day = first // 86400 * 86400
+        older = db.execute(
+            "SELECT 1 FROM rollup_user WHERE grain = 'd' AND bucket < ? LIMIT 1", (day,)
+        ).fetchone()
+        if older and first > day:  # that day's earliest records were purged: keep its rollups
+            day += 86400
+        total = db.execute(
+            "SELECT count(*) FROM requests WHERE id >= ?", (_ulid_floor(day),)
+        ).fetchone()[0]
+        done = 0
+        end = last // 86400 * 86400 + 86400
+        for start in range(day, end, 86400):
+            with self._transaction() as w:
+                for c in rollups.CUBOIDS:
+                    w.execute(
+                        f"DELETE FROM {c.table} WHERE (grain = 'h' AND bucket >= ? AND bucket < ?)"
+                        " OR (grain = 'd' AND bucket = ?)",
+                        (start, start + 86400, start),
+                    )
+                for hour in range(start, start + 86400, 3600):
+                    rows = w.execute(
+                        _REBUILD_SELECT, (_ulid_floor(hour), _ulid_floor(hour + 3600))
+                    ).fetchall()
+                    rollups.write(w, [_row_facts(row) for row in rows])
+                    done += len(rows)
+            if progress is not None:
+                progress(done, total)
+        with self._transaction() as w:  # rollups of records that are gone after the last one
+            for c in rollups.CUBOIDS:
+                w.execute(f"DELETE FROM {c.table} WHERE bucket >= ?", (end,))
+        return done
+
+    def usage_rows(self, scope: Scope, spec: UsageSpec) -> UsageRows:
+        return rollups.query(self._reader(), scope, spec)
+
+    def facet_values(
+        self, scope: Scope, dim: str, lo: int, hi: int, limit: int
+    ) -> list[tuple[str, int]]:
+        return rollups.facet_values(self._reader(), scope, dim, lo, hi, limit)
+
+    def display_names(self, dim: str, ids: Sequence[str]) -> dict[str, str]:
+        table = {"org": "orgs", "user": "users", "api_key": "keys"}.get(dim)
+        if table is None or not ids:
+            return {}
+        out: dict[str, str] = {}
+        db = self._reader()
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                db.execute(f"SELECT id, name FROM {table} WHERE id IN ({marks})", chunk).fetchall()
+            )
+        return out
 
     # ---- identities --------------------------------------------------------------------------
 

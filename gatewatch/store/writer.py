@@ -64,7 +64,7 @@ class RecordWriter:
         secrets: Iterable[str] = (),
         on_drop: Callable[[], None] = lambda: None,
         keep_bodies: bool = True,
-        linger: float = 0.01,
+        linger: float = 0.1,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -134,6 +134,7 @@ class RecordWriter:
                 stopping = True
             else:
                 batch.append(item)
+                self._in_flight = 1  # counted as pending until stored
             # Linger briefly so that one transaction carries many records: fewer commits means
             # less work per record and no commit stall behind every single request.
             deadline = time.monotonic() + self.linger
@@ -151,6 +152,7 @@ class RecordWriter:
                     stopping = True
                 else:
                     batch.append(item)
+                    self._in_flight = len(batch)
             if batch:
                 self._in_flight = len(batch)
                 self._store(batch)

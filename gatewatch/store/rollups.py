@@ -1,0 +1,561 @@
+"""Usage rollups (§A4): aggregates of the request records per UTC hour and per UTC day, kept in
+the same transaction that stores each batch of records, so a usage query reads a few thousand
+pre-summed rows instead of millions of records.
+
+Each rollup table (a "cuboid") keeps the metrics for one set of dimensions. A query is answered
+from the smallest cuboid that has every dimension it groups or filters by (plus the scope's:
+org for an admin, user for a member); anything no cuboid covers (session, status_code,
+``meta.*``, time zones whose offset is not a whole hour, …) is answered from the raw records
+with the same SQL shape, so both paths give the same numbers.
+
+Latency and time to first token are kept as fixed-bucket histograms: bin 0 holds values under
+1 ms, bin k (1 <= k < 74) holds [g^(k-1), g^k) ms with g = 1.2, the last bin everything from
+g^73 (about 608 s). A percentile is reported as its bin's representative value 2*lo*g/(g+1),
+within (g-1)/(g+1) = 9.1 % of the true value for values between 1 ms and 608 s. Bins are counted
+in SQL (a sum of comparisons), so the write path costs no Python time per record. Costs are
+summed as integer nano-dollars: totals are exact and do not depend on the order records arrive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sqlite3
+from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gatewatch.store.query import ROLLUP_FILTERS, RequestQuery, Scope, and_where, rollup_where
+
+__all__ = [
+    "CUBOIDS",
+    "DIMENSIONS",
+    "NBINS",
+    "NS",
+    "RELATIVE_ERROR",
+    "SCALARS",
+    "Cuboid",
+    "UsageRows",
+    "UsageSpec",
+    "percentile",
+]
+
+GAMMA = 1.2
+EDGES: tuple[float, ...] = tuple(round(GAMMA**k, 4) for k in range(74))
+NBINS = len(EDGES) + 1
+RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
+
+# Summed metrics, in the order of every rollup row and every query answer; the histogram of
+# latency (bins 0..74) and time to first token (bins 75..149) follows them.
+SCALARS: tuple[str, ...] = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_nusd",  # cost in nano-USD (integer: exact sums)
+    "unpriced",  # requests whose model has no price (cost_usd null)
+    "duration_ms_sum",
+)
+NS = len(SCALARS)
+HIST_BINS = 2 * NBINS
+
+# The dimensions of §A4 → the rollup column that holds them.
+DIMENSIONS: dict[str, str] = {
+    "org": "org_id",
+    "user": "user_id",
+    "api_key": "api_key_id",
+    "provider": "provider",
+    "model": "model",
+    "status": "status",
+    "client": "client",
+    "workflow": "workflow",
+    "end_user": "end_user",
+    "tag": "tag",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Cuboid:
+    table: str
+    dims: tuple[str, ...]  # §A4 dimension names (model also carries model_requested)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        cols = [DIMENSIONS[d] for d in self.dims]
+        if "model" in self.dims:
+            cols.insert(cols.index("model"), "model_requested")
+        return tuple(cols)
+
+
+# Smallest first: a query uses the first cuboid that has every dimension it needs.
+CUBOIDS: tuple[Cuboid, ...] = (
+    Cuboid("rollup_user", ("org", "user")),
+    Cuboid("rollup_model", ("org", "provider", "model", "status")),
+    Cuboid("rollup_tag", ("org", "user", "tag")),
+    Cuboid("rollup_end_user", ("org", "user", "end_user")),
+    Cuboid(
+        "rollup_base",
+        ("org", "user", "api_key", "provider", "model", "status", "client", "workflow"),
+    ),
+)
+_BY_TABLE = {c.table: c for c in CUBOIDS}
+
+
+def schema() -> str:
+    """CREATE statements of every rollup table (the m004 migration)."""
+    out = []
+    metric_cols = ", ".join(f"{m} INTEGER NOT NULL DEFAULT 0" for m in SCALARS)
+    for c in CUBOIDS:
+        dims = ", ".join(f"{col} TEXT NOT NULL" for col in c.columns)
+        key = ", ".join(("grain", "bucket", *c.columns))
+        out.append(
+            f"CREATE TABLE {c.table} (grain TEXT NOT NULL, bucket INTEGER NOT NULL, {dims},"
+            f" {metric_cols}, hist BLOB, PRIMARY KEY ({key})) WITHOUT ROWID;"
+        )
+        if "user_id" in c.columns:  # a member's queries: its own rows only
+            out.append(f"CREATE INDEX {c.table}_user ON {c.table}(user_id, grain, bucket);")
+    return "\n".join(out)
+
+
+# ---- histograms as blobs: sparse (a byte per bin number, then a uint32 count per bin) while
+# that is smaller, else dense (a uint32 count for every bin). ---------------------------------
+
+_DENSE_BYTES = HIST_BINS * 4
+_U4 = np.dtype("<u4")
+
+
+def hist_bins(duration_ms: float, ttft_ms: float | None) -> tuple[int, int]:
+    """The latency bin and the time-to-first-token bin (-1: none)."""
+    return bisect_right(EDGES, duration_ms), (
+        -1 if ttft_ms is None else NBINS + bisect_right(EDGES, ttft_ms)
+    )
+
+
+def encode(hist: dict[int, int]) -> bytes:
+    if len(hist) * 5 < _DENSE_BYTES:
+        bins = sorted(hist)
+        return bytes(bins) + array("I", [hist[b] for b in bins]).tobytes()
+    dense = np.zeros(HIST_BINS, _U4)
+    for b, c in hist.items():
+        dense[b] = c
+    return dense.tobytes()
+
+
+def _dense(blob: bytes | None) -> npt.NDArray[np.uint32]:
+    if not blob:
+        return np.zeros(HIST_BINS, _U4)
+    if len(blob) == _DENSE_BYTES:
+        return np.frombuffer(blob, _U4).copy()
+    m = len(blob) // 5
+    out = np.zeros(HIST_BINS, _U4)
+    out[np.frombuffer(blob[:m], np.uint8)] = np.frombuffer(blob[m:], _U4)
+    return out
+
+
+def _encode_dense(dense: npt.NDArray[Any]) -> bytes:
+    nz = np.flatnonzero(dense)
+    if len(nz) * 5 < _DENSE_BYTES:
+        return bytes(nz.astype(np.uint8).tobytes() + dense[nz].astype(_U4).tobytes())
+    return bytes(dense.astype(_U4).tobytes())
+
+
+def decode_into(blob: bytes | None, dense: list[int]) -> None:
+    if not blob:
+        return
+    for b, c in enumerate(_dense(blob).tolist()):
+        if c:
+            dense[b] += c
+
+
+def hist_add(a: bytes | None, b: bytes | None) -> bytes:
+    """SQL function gw_hist_add: two histograms merged."""
+    return _encode_dense(_dense(a) + _dense(b))
+
+
+class _HistSum:
+    """SQL aggregate gw_hist_sum(hist): the merged histogram of a group."""
+
+    def __init__(self) -> None:
+        self.dense = np.zeros(HIST_BINS, np.uint64)
+
+    def step(self, blob: bytes | None) -> None:
+        if blob:
+            self.dense += _dense(blob)
+
+    def finalize(self) -> bytes:
+        return _encode_dense(self.dense)
+
+
+class _HistRaw:
+    """SQL aggregate gw_hist_raw(duration_ms, ttft_ms): the histogram of raw records."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def step(self, duration_ms: float, ttft_ms: float | None) -> None:
+        lb, tb = hist_bins(duration_ms, ttft_ms)
+        self.counts[lb] = self.counts.get(lb, 0) + 1
+        if tb >= 0:
+            self.counts[tb] = self.counts.get(tb, 0) + 1
+
+    def finalize(self) -> bytes:
+        return encode(self.counts)
+
+
+def register(db: sqlite3.Connection) -> None:
+    """The SQL functions rollup reads and writes use, on one connection."""
+    db.create_function("gw_hist_add", 2, hist_add, deterministic=True)
+    db.create_aggregate("gw_hist_sum", 1, _HistSum)  # type: ignore[arg-type]
+    db.create_aggregate("gw_hist_raw", 2, _HistRaw)  # type: ignore[arg-type]
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+# What one record adds to the rollups, computed on the request path (a few microseconds):
+# (base key, scalar metrics, latency bin, ttft bin, end_user, tags). The base key is
+# (hour, day, org, user, api_key, provider, model_requested, model, status, client, workflow).
+Facts = tuple[tuple[object, ...], tuple[int, ...], int, int, str, tuple[str, ...]]
+
+
+def facts(
+    started: float,
+    duration_ms: float,
+    ttft_ms: float | None,
+    org_id: str | None,
+    user_id: str | None,
+    api_key_id: str | None,
+    provider: str | None,
+    model_requested: str | None,
+    model: str | None,
+    status: str,
+    client: str | None,
+    workflow: str | None,
+    end_user: str | None,
+    tags: Sequence[str],
+    tokens: Sequence[int | None],
+    cost_usd: float | None,
+) -> Facts:
+    hour = int(started) // 3600 * 3600
+    key = (
+        hour,
+        hour // 86400 * 86400,
+        org_id or "",
+        user_id or "",
+        api_key_id or "",
+        provider or "",
+        model_requested or "",
+        model or model_requested or "",
+        status,
+        client or "",
+        workflow or "",
+    )
+    scalars = (
+        1,
+        int(status == "error"),
+        *(t or 0 for t in tokens),
+        0 if cost_usd is None else _round(cost_usd * 1e9),
+        int(cost_usd is None),
+        _round(duration_ms),
+    )
+    lb, tb = hist_bins(duration_ms, ttft_ms)
+    return key, scalars, lb, tb, end_user or "", tuple(dict.fromkeys(tags))
+
+
+def _round(x: float) -> int:
+    """Half away from zero, as SQLite's round() (the raw-record path) does."""
+    return math.floor(x + 0.5) if x >= 0 else -math.floor(-x + 0.5)
+
+
+_Acc = dict[tuple[object, ...], list[Any]]  # key → [scalars..., {bin: count}]
+
+
+def _add(acc: _Acc, key: tuple[object, ...], scalars: Sequence[int], hist: dict[int, int]) -> None:
+    have = acc.get(key)
+    if have is None:
+        acc[key] = [*scalars, dict(hist)]
+        return
+    for i in range(NS):
+        have[i] += scalars[i]
+    h = have[NS]
+    for b, c in hist.items():
+        h[b] = h.get(b, 0) + c
+
+
+def aggregate(batch: Sequence[Facts]) -> dict[str, _Acc]:
+    """Rollup rows (table → (grain, bucket, dims…) → metrics) that a batch of records adds.
+    Records are first summed per base key, and the smaller rollups derived from those sums:
+    traffic that repeats a key (most of it) costs one dictionary update per record."""
+    base: _Acc = {}
+    extra: dict[str, _Acc] = {"rollup_end_user": {}, "rollup_tag": {}}
+    for key, scalars, lb, tb, end_user, tags in batch:
+        hist = {lb: 1} if tb < 0 else {lb: 1, tb: 1}
+        _add(base, key, scalars, hist)
+        if end_user or tags:
+            hour, day, org, user = key[:4]
+            for grain, bucket in (("h", hour), ("d", day)):
+                if end_user:
+                    _add(extra["rollup_end_user"], (grain, bucket, org, user, end_user),
+                         scalars, hist)  # fmt: skip
+                for tag in tags:
+                    _add(extra["rollup_tag"], (grain, bucket, org, user, tag), scalars, hist)
+    out: dict[str, _Acc] = {"rollup_base": {}, "rollup_user": {}, "rollup_model": {}, **extra}
+    for key, metrics in base.items():
+        hour, day, org, user, _k, provider, model_req, model, status = key[:9]
+        sums, h = metrics[:NS], metrics[NS]
+        for grain, bucket in (("h", hour), ("d", day)):
+            _add(out["rollup_base"], (grain, bucket, *key[2:]), sums, h)
+            _add(out["rollup_user"], (grain, bucket, org, user), sums, h)
+            _add(out["rollup_model"], (grain, bucket, org, provider, model_req, model, status),
+                 sums, h)  # fmt: skip
+    return out
+
+
+def upsert_sql(table: str) -> str:
+    c = _BY_TABLE[table]
+    cols = ("grain", "bucket", *c.columns, *SCALARS, "hist")
+    updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in SCALARS)
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        f" ON CONFLICT ({', '.join(('grain', 'bucket', *c.columns))}) DO UPDATE SET {updates},"
+        " hist = gw_hist_add(hist, excluded.hist)"
+    )
+
+
+UPSERTS = {c.table: upsert_sql(c.table) for c in CUBOIDS}
+
+
+def write(db: sqlite3.Connection, batch: Sequence[Facts]) -> None:
+    """Add a batch's rollups, inside the caller's transaction."""
+    for table, rows in aggregate(batch).items():
+        if rows:
+            db.executemany(UPSERTS[table], [(*k, *m[:NS], encode(m[NS])) for k, m in rows.items()])
+
+
+def rollup_sums() -> str:
+    return ", ".join([*(f"sum(r.{m})" for m in SCALARS), "gw_hist_sum(r.hist)"])
+
+
+def raw_sums() -> str:
+    """The same sums over raw records (alias r): the fallback path."""
+    return ", ".join(
+        [
+            "count(*)",
+            "sum(r.status = 'error')",
+            "sum(coalesce(r.input_tokens, 0))",
+            "sum(coalesce(r.output_tokens, 0))",
+            "sum(coalesce(r.cache_read_tokens, 0))",
+            "sum(coalesce(r.cache_write_tokens, 0))",
+            "sum(coalesce(r.reasoning_tokens, 0))",
+            "sum(CAST(round(coalesce(r.cost_usd, 0) * 1e9) AS INTEGER))",
+            "sum(r.cost_usd IS NULL)",
+            "sum(CAST(round(r.duration_ms) AS INTEGER))",
+            "gw_hist_raw(r.duration_ms, r.ttft_ms)",
+        ]
+    )
+
+
+_RAW_DIM = {
+    "org": "coalesce(r.org_id, '')",
+    "user": "coalesce(r.user_id, '')",
+    "api_key": "coalesce(r.api_key_id, '')",
+    "provider": "coalesce(r.provider, '')",
+    "model": "coalesce(r.model, r.model_requested, '')",
+    "status": "r.status",
+    "client": "coalesce(r.client, '')",
+    "workflow": "coalesce(r.workflow, '')",
+    "end_user": "coalesce(r.end_user, '')",
+    "tag": "f.value",
+}
+
+
+def raw_dim(dim: str) -> str:
+    """A dimension's value on a raw record (alias r; tags from the facet join f)."""
+    return _RAW_DIM[dim]
+
+
+def bucket_index(column: str, boundaries: Sequence[int]) -> str:
+    """SQL for the index i of the bucket [boundaries[i], boundaries[i+1]) holding ``column``."""
+    steps = {b - a for a, b in itertools.pairwise(boundaries)}
+    if len(steps) == 1:
+        (step,) = steps
+        return f"(({column} - {boundaries[0]}) / {step})"
+    whens = " ".join(f"WHEN {column} < {b} THEN {i}" for i, b in enumerate(boundaries[1:]))
+    return f"(CASE {whens} END)"
+
+
+def choose(needed: set[str]) -> Cuboid | None:
+    for c in CUBOIDS:
+        if needed <= set(c.dims):
+            return c
+    return None
+
+
+def representative(k: int) -> float:
+    """The value reported for histogram bin k of either half (latency or TTFT)."""
+    k %= NBINS
+    if k == 0:
+        return 0.5
+    lo = EDGES[k - 1]
+    if k == NBINS - 1:
+        return lo
+    return 2 * lo * GAMMA / (GAMMA + 1)
+
+
+def percentile(bins: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0 < q <= 1) of a histogram, nearest rank; None when it is empty."""
+    n = sum(bins)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(q * n - 1e-9))
+    acc = 0
+    for k, c in enumerate(bins):
+        acc += c
+        if acc >= rank:
+            return round(representative(k), 1)
+    return round(representative(len(bins) - 1), 1)  # pragma: no cover - acc reaches n
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpec:
+    """A usage question in UTC seconds: records started in [lo, hi), counted into the buckets
+    [boundaries[i], boundaries[i+1]), grouped by up to two dimensions."""
+
+    lo: int
+    hi: int
+    boundaries: tuple[int, ...]
+    group_by: tuple[str, ...]
+    query: RequestQuery
+    force_raw: bool = False
+
+
+# (where the numbers came from: "rollups" | "records", {(bucket index, group values): metrics})
+UsageRows = tuple[str, dict[tuple[int, tuple[str, ...]], list[int]]]
+
+
+def _ulid_floor(ts: int) -> str:
+    from ulid import ULID
+
+    return str(ULID.from_bytes(ULID.from_timestamp(float(ts)).bytes[:6] + b"\x00" * 10))
+
+
+def _merge(out: dict[tuple[int, tuple[str, ...]], list[int]], rows: Sequence[Sequence[Any]],
+           ngroups: int) -> None:  # fmt: skip
+    """Rows of (bucket index, group values…, scalar sums…, histogram blob) into ``out``."""
+    for row in rows:
+        key = (int(row[0]), tuple(str(v) for v in row[1 : 1 + ngroups]))
+        have = out.get(key)
+        if have is None:
+            have = out[key] = [0] * (NS + HIST_BINS)
+        for i, v in enumerate(row[1 + ngroups : 1 + ngroups + NS]):
+            have[i] += int(v or 0)
+        dense = [0] * HIST_BINS
+        decode_into(row[-1], dense)
+        for i, c in enumerate(dense):
+            if c:
+                have[NS + i] += c
+
+
+def plan(scope: Scope, spec: UsageSpec) -> tuple[Cuboid, tuple[str, list[object]]] | None:
+    """The cuboid (and its WHERE) that answers ``spec``, or None when only raw records can."""
+    edges = (spec.lo, spec.hi, *spec.boundaries)
+    if spec.force_raw or any(t % 3600 for t in edges):
+        return None
+    where = rollup_where(spec.query, scope)
+    if where is None:
+        return None
+    needed = set(spec.group_by) | {
+        ROLLUP_FILTERS[n] for n in spec.query.filters if n in ROLLUP_FILTERS
+    }
+    if scope.role == "admin":
+        needed.add("org")
+    elif scope.role == "member":
+        needed.add("user")
+    cuboid = choose(needed)
+    return None if cuboid is None else (cuboid, where)
+
+
+def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
+    planned = plan(scope, spec)
+    if planned is None:
+        return "records", _raw(db, scope, spec)
+    cuboid, (where, params) = planned
+    lo, hi = spec.lo, spec.hi
+    ranges = [("h", lo, hi)]
+    if all(b % 86400 == 0 for b in spec.boundaries):  # whole UTC days: read day rows
+        d0, d1 = -(-lo // 86400) * 86400, hi // 86400 * 86400
+        if d0 < d1:
+            ranges = [("h", lo, d0), ("d", d0, d1), ("h", d1, hi)]
+    groups = "".join(f", r.{DIMENSIONS[d]}" for d in spec.group_by)
+    sql = (
+        f"SELECT {bucket_index('r.bucket', spec.boundaries)} AS bi{groups}, {rollup_sums()}"
+        f" FROM {cuboid.table} r WHERE r.grain = ? AND r.bucket >= ? AND r.bucket < ?"
+        f"{and_where(where, 'AND')} GROUP BY bi{groups}"
+    )
+    out: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    for grain, a, b in ranges:
+        if a < b:
+            _merge(out, db.execute(sql, [grain, a, b, *params]).fetchall(), len(spec.group_by))
+    return "rollups", out
+
+
+def _raw(
+    db: sqlite3.Connection, scope: Scope, spec: UsageSpec
+) -> dict[tuple[int, tuple[str, ...]], list[int]]:
+    where, params = spec.query.where(scope)
+    conds = [where] if where else []
+    conds += ["r.id >= ?", "r.id < ?"]
+    params = [*params, _ulid_floor(spec.lo), _ulid_floor(spec.hi)]
+    join = (
+        " JOIN request_facets f ON f.request_id = r.id AND f.name = 'tag'"
+        if "tag" in spec.group_by
+        else ""
+    )
+    groups = "".join(f", {raw_dim(d)}" for d in spec.group_by)
+    group_nums = "".join(f", {i + 2}" for i in range(len(spec.group_by)))
+    t = "unixepoch(r.started_at)"
+    sql = (
+        f"SELECT {bucket_index(t, spec.boundaries)}{groups}, {raw_sums()}"
+        f" FROM requests r{join} WHERE {' AND '.join(conds)}"
+        f" AND {t} >= ? AND {t} < ? GROUP BY 1{group_nums}"
+    )
+    out: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    _merge(out, db.execute(sql, [*params, spec.lo, spec.hi]).fetchall(), len(spec.group_by))
+    return out
+
+
+def facet_values(
+    db: sqlite3.Connection, scope: Scope, dim: str, lo: int, hi: int, limit: int
+) -> list[tuple[str, int]]:
+    """Distinct values of ``dim`` seen in [lo, hi) (hour-aligned) in scope, most used first."""
+    needed = {dim, "org"} if scope.role == "admin" else {dim, "user"}
+    if scope.role == "owner":
+        needed = {dim}
+    cuboid = choose(needed)
+    if cuboid is None:  # pragma: no cover - every dimension has a cuboid
+        raise ValueError(dim)
+    where, params = scope.clause()
+    col = f"r.{DIMENSIONS[dim]}"
+    d0, d1 = -(-lo // 86400) * 86400, hi // 86400 * 86400
+    ranges = [("h", lo, d0), ("d", d0, d1), ("h", d1, hi)] if d0 < d1 else [("h", lo, hi)]
+    union = " UNION ALL ".join(
+        f"SELECT {col} AS v, r.requests AS n FROM {cuboid.table} r WHERE r.grain = '{g}'"
+        f" AND r.bucket >= {a} AND r.bucket < {b}{and_where(where, 'AND')}"
+        for g, a, b in ranges
+        if a < b
+    )
+    rows = db.execute(
+        f"SELECT v, sum(n) FROM ({union}) WHERE v != '' GROUP BY v ORDER BY 2 DESC, 1 LIMIT ?",
+        [*(params * sum(1 for _, a, b in ranges if a < b)), limit],
+    ).fetchall()
+    return [(str(v), int(n)) for v, n in rows]
