@@ -492,7 +492,9 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     cuboid, (where, params) = planned
     lo, hi = spec.lo, spec.hi
     ranges = [("h", lo, hi)]
-    if all(b % 86400 == 0 for b in spec.boundaries):  # whole UTC days: read day rows
+    # day rows for the whole UTC days that lie inside one bucket: every day when the buckets are
+    # whole UTC days (or one bucket covers the range), none otherwise (days of other zones)
+    if len(spec.boundaries) == 2 or all(b % 86400 == 0 for b in spec.boundaries):
         d0, d1 = -(-lo // 86400) * 86400, hi // 86400 * 86400
         if d0 < d1:
             ranges = [("h", lo, d0), ("d", d0, d1), ("h", d1, hi)]

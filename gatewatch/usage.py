@@ -1,0 +1,365 @@
+"""Usage analytics (§A4): time series, leaderboards and facet values over the usage rollups.
+
+This module turns query parameters into a UsageSpec (UTC bucket boundaries in the caller's time
+zone, the range rounded to whole hours, the rollups' grain), asks the store for summed rows, and
+shapes the answer: zero-filled buckets, percentiles from the histograms, names for ids, the
+display currency, and ``top=N`` folding the rest into one ``other`` series."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gatewatch.records import parse_ts
+from gatewatch.settings import CurrencySettings
+from gatewatch.store import FilterError, RequestQuery, Scope, Store, parse_filters
+from gatewatch.store.rollups import DIMENSIONS, NBINS, NS, UsageSpec, percentile
+
+__all__ = ["BUCKETS", "Currency", "UsageError", "facets", "top", "usage"]
+
+BUCKETS = ("hour", "day", "week", "month")
+TOP_DIMENSIONS = ("user", "api_key", "model", "provider", "client", "workflow", "end_user",
+                  "org", "tag", "status")  # fmt: skip
+TOP_METRICS = ("cost_usd", "requests", "tokens", "errors")
+_NAMED = {"org", "user", "api_key"}  # dimensions held as ids, shown by name
+_MAX_BUCKETS = 5000
+USAGE_PARAMS = ("start", "end", "bucket", "tz", "group_by", "top", "currency", "q")
+TOP_PARAMS = ("start", "end", "dimension", "metric", "limit", "currency", "q")
+
+
+class UsageError(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    code: str
+    rate: float
+
+    @classmethod
+    def choose(cls, configured: CurrencySettings, asked: str | None) -> Currency:
+        if asked is None or asked.upper() == configured.code:
+            return cls(configured.code, configured.usd_rate)
+        if asked.upper() == "USD":
+            return cls("USD", 1.0)
+        raise UsageError(
+            "currency", f"{asked!r} has no rate configured; use {configured.code} or USD"
+        )
+
+
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError("tz", f"unknown time zone {name!r} (use an IANA name)") from None
+
+
+def _time(param: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return parse_ts(value)
+    except ValueError:
+        raise UsageError(param, f"{value!r} is not an RFC 3339 time or a date") from None
+
+
+def _floor(ts: float, bucket: str, tz: ZoneInfo) -> datetime:
+    local = datetime.fromtimestamp(ts, tz)
+    if bucket == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    if bucket == "week":
+        day -= timedelta(days=day.weekday())
+    elif bucket == "month":
+        day = day.replace(day=1)
+    return day.replace(tzinfo=tz)
+
+
+def _next(start: datetime, bucket: str, tz: ZoneInfo) -> datetime:
+    if bucket == "hour":  # in UTC: local hours repeat or vanish at DST changes
+        return datetime.fromtimestamp(start.timestamp() + 3600, tz)
+    naive = start.replace(tzinfo=None)
+    if bucket == "day":
+        naive += timedelta(days=1)
+    elif bucket == "week":
+        naive += timedelta(days=7)
+    else:
+        naive = (naive.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return naive.replace(tzinfo=tz)
+
+
+def _hour_aligned(tz: ZoneInfo, lo: float, hi: float) -> bool:
+    """Whether the zone's offsets in [lo, hi] are whole hours (rollups can answer)."""
+    for ts in (lo, hi):
+        offset = datetime.fromtimestamp(ts, tz).utcoffset() or timedelta()
+        if offset.total_seconds() % 3600:
+            return False
+    return True
+
+
+def _range(start: str | None, end: str | None, default_days: int) -> tuple[float, float]:
+    now = time.time()
+    hi = _time("end", end, now)
+    lo = _time("start", start, hi - default_days * 86400)
+    if lo >= hi:
+        raise UsageError("start", "must be before end")
+    if hi - lo > 5 * 366 * 86400:
+        raise UsageError("start", "the range is limited to five years")
+    return lo, hi
+
+
+def _round_hours(lo: float, hi: float) -> tuple[int, int]:
+    return int(lo // 3600 * 3600), int(-(-hi // 3600) * 3600)
+
+
+def _filters(
+    params: Iterable[tuple[str, str]], ignore: Sequence[str], q: str | None
+) -> RequestQuery:
+    try:
+        return parse_filters(params, ignore, q)
+    except FilterError as exc:
+        raise UsageError(exc.param, str(exc).split(": ", 1)[-1]) from None
+
+
+def _dims(value: str | None, param: str, allowed: Sequence[str], most: int) -> tuple[str, ...]:
+    if not value:
+        return ()
+    dims = tuple(d.strip() for d in value.split(",") if d.strip())
+    for d in dims:
+        if d not in allowed:
+            raise UsageError(param, f"{d!r} is not one of {', '.join(allowed)}")
+    if len(set(dims)) != len(dims) or len(dims) > most:
+        raise UsageError(param, f"give at most {most} different dimensions")
+    return dims
+
+
+def _metrics(v: Sequence[int], currency: Currency) -> dict[str, Any]:
+    requests = v[0]
+    cost = v[7] / 1e9
+    lat, ttft = v[NS : NS + NBINS], v[NS + NBINS :]
+    return {
+        "requests": requests,
+        "errors": v[1],
+        "input_tokens": v[2],
+        "output_tokens": v[3],
+        "cache_read_tokens": v[4],
+        "cache_write_tokens": v[5],
+        "reasoning_tokens": v[6],
+        "cost_usd": round(cost, 9),
+        "cost": round(cost * currency.rate, 9),
+        "unpriced_requests": v[8],
+        "latency_avg_ms": round(v[9] / requests, 1) if requests else None,
+        "latency_p50_ms": percentile(lat, 0.5),
+        "latency_p95_ms": percentile(lat, 0.95),
+        "latency_p99_ms": percentile(lat, 0.99),
+        "ttft_p50_ms": percentile(ttft, 0.5),
+        "ttft_p95_ms": percentile(ttft, 0.95),
+    }
+
+
+def _add(into: list[int], v: Sequence[int]) -> None:
+    for i, x in enumerate(v):
+        into[i] += x
+
+
+def _zero() -> list[int]:
+    return [0] * (NS + 2 * NBINS)
+
+
+def _group(store: Store, dims: Sequence[str], keys: Iterable[tuple[str, ...]]) -> Any:
+    """group values → display dict, names looked up once per dimension."""
+    keys = list(keys)
+    names = {d: store.display_names(d, sorted({k[i] for k in keys if k[i]}))
+             for i, d in enumerate(dims) if d in _NAMED}  # fmt: skip
+
+    def show(key: tuple[str, ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for d, value in zip(dims, key, strict=True):
+            if d in _NAMED:
+                out[d] = names[d].get(value) if value else None
+                out[f"{d}_id"] = value or None
+            else:
+                out[d] = value or None
+        return out
+
+    return show
+
+
+def _iso(dt: datetime) -> str:
+    if dt.utcoffset() == timedelta(0):
+        return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.isoformat()
+
+
+def usage(
+    store: Store,
+    scope: Scope,
+    params: Sequence[tuple[str, str]],
+    currency_settings: CurrencySettings,
+) -> dict[str, Any]:
+    """GET /api/v1/usage: time series per bucket and group."""
+    p = dict(params)
+    bucket = p.get("bucket", "day")
+    if bucket not in BUCKETS:
+        raise UsageError("bucket", f"{bucket!r} is not one of {', '.join(BUCKETS)}")
+    tz = _zone(p.get("tz"))
+    group_by = _dims(p.get("group_by"), "group_by", tuple(DIMENSIONS), 2)
+    top_n = _positive(p.get("top"), "top")
+    currency = Currency.choose(currency_settings, p.get("currency"))
+    query = _filters(params, USAGE_PARAMS, p.get("q"))
+    lo, hi = _range(p.get("start"), p.get("end"), 7)
+    if _hour_aligned(tz, lo, hi):
+        lo, hi = _round_hours(lo, hi)
+    starts = [_floor(lo, bucket, tz)]
+    while starts[-1].timestamp() < hi:
+        if len(starts) > _MAX_BUCKETS:
+            raise UsageError("bucket", f"more than {_MAX_BUCKETS} buckets; use a larger bucket")
+        starts.append(_next(starts[-1], bucket, tz))
+    boundaries = tuple(int(s.timestamp()) for s in starts)
+    spec = UsageSpec(int(lo), int(hi), boundaries, group_by, query)
+    source, rows = store.usage_rows(scope, spec)
+
+    nb = len(boundaries) - 1
+    series: dict[tuple[str, ...], list[list[int]]] = {}
+    for (bi, key), v in rows.items():
+        if 0 <= bi < nb:
+            _add(series.setdefault(key, [_zero() for _ in range(nb)])[bi], v)
+    totals_by_key = {}
+    for key, points in series.items():
+        total = _zero()
+        for v in points:
+            _add(total, v)
+        totals_by_key[key] = total
+    order = sorted(series, key=lambda k: (-totals_by_key[k][7], -totals_by_key[k][0], k))
+    other: list[list[int]] | None = None
+    if top_n is not None and len(order) > top_n:
+        other = [_zero() for _ in range(nb)]
+        for key in order[top_n:]:
+            for i, v in enumerate(series[key]):
+                _add(other[i], v)
+        order = order[:top_n]
+    show = _group(store, group_by, order)
+    labels = [_iso(s) for s in starts[:-1]]
+
+    def one(group: dict[str, Any], points: list[list[int]], is_other: bool) -> dict[str, Any]:
+        total = _zero()
+        for v in points:
+            _add(total, v)
+        return {
+            "group": group,
+            "other": is_other,
+            "totals": _metrics(total, currency),
+            "points": [
+                {"bucket": label, **_metrics(v, currency)}
+                for label, v in zip(labels, points, strict=True)
+            ],
+        }
+
+    out_series = [one(show(k), series[k], False) for k in order]
+    if other is not None:
+        out_series.append(one(dict.fromkeys(group_by, "other"), other, True))
+    grand = _zero()
+    for v in rows.values():
+        _add(grand, v)
+    return {
+        "start": _iso(datetime.fromtimestamp(lo, tz)),
+        "end": _iso(datetime.fromtimestamp(hi, tz)),
+        "bucket": bucket,
+        "tz": tz.key,
+        "group_by": list(group_by),
+        "currency": currency.code,
+        "usd_rate": currency.rate,
+        "source": source,
+        "buckets": labels,
+        "series": out_series,
+        "totals": _metrics(grand, currency),
+    }
+
+
+def _positive(value: str | None, param: str, most: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1 or (most is not None and int(value) > most):
+        bound = f" and at most {most}" if most else ""
+        raise UsageError(param, f"must be a whole number of at least 1{bound}")
+    return int(value)
+
+
+def top(
+    store: Store,
+    scope: Scope,
+    params: Sequence[tuple[str, str]],
+    currency_settings: CurrencySettings,
+) -> dict[str, Any]:
+    """GET /api/v1/usage/top: a leaderboard of one dimension over a range."""
+    p = dict(params)
+    dimension = p.get("dimension", "user")
+    if dimension not in TOP_DIMENSIONS:
+        raise UsageError("dimension", f"{dimension!r} is not one of {', '.join(TOP_DIMENSIONS)}")
+    metric = p.get("metric", "cost_usd")
+    if metric not in TOP_METRICS:
+        raise UsageError("metric", f"{metric!r} is not one of {', '.join(TOP_METRICS)}")
+    limit = _positive(p.get("limit"), "limit", 1000) or 10
+    currency = Currency.choose(currency_settings, p.get("currency"))
+    query = _filters(params, TOP_PARAMS, p.get("q"))
+    lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
+    spec = UsageSpec(lo, hi, (lo, hi), (dimension,), query)
+    source, rows = store.usage_rows(scope, spec)
+    by_key: dict[tuple[str, ...], list[int]] = {}
+    for (_bi, key), v in rows.items():
+        _add(by_key.setdefault(key, _zero()), v)
+
+    def value(v: Sequence[int]) -> float:
+        return {"cost_usd": v[7], "requests": v[0], "tokens": v[2] + v[3], "errors": v[1]}[metric]
+
+    total = sum(value(v) for v in by_key.values())
+    order = sorted(by_key, key=lambda k: (-value(by_key[k]), k))[:limit]
+    show = _group(store, (dimension,), order)
+    results = []
+    for rank, key in enumerate(order, 1):
+        m = _metrics(by_key[key], currency)
+        m["tokens"] = m["input_tokens"] + m["output_tokens"]
+        share = value(by_key[key]) / total if total else 0.0
+        results.append({"rank": rank, **show(key), **m, "share": round(share, 6)})
+    return {
+        "dimension": dimension,
+        "metric": metric,
+        "start": _iso(datetime.fromtimestamp(lo, UTC)),
+        "end": _iso(datetime.fromtimestamp(hi, UTC)),
+        "currency": currency.code,
+        "source": source,
+        "results": results,
+    }
+
+
+FACET_FIELDS = ("model", "provider", "status", "org", "user", "api_key", "client", "workflow",
+                "end_user", "tag")  # fmt: skip
+
+
+def facets(store: Store, scope: Scope, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """GET /api/v1/requests/facets: the values a filter can take, most used first."""
+    p = dict(params)
+    field = p.get("field")
+    if field not in FACET_FIELDS:
+        raise UsageError("field", f"{field!r} is not one of {', '.join(FACET_FIELDS)}")
+    limit = _positive(p.get("limit"), "limit", 1000) or 100
+    lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
+    values = store.facet_values(scope, field, lo, hi, limit)
+    out: list[dict[str, Any]] = []
+    if field in _NAMED:
+        names = store.display_names(field, [v for v, _ in values])
+        out = [{"value": v, "name": names.get(v), "count": n} for v, n in values]
+    else:
+        out = [{"value": v, "count": n} for v, n in values]
+    return {
+        "field": field,
+        "start": _iso(datetime.fromtimestamp(lo, UTC)),
+        "end": _iso(datetime.fromtimestamp(hi, UTC)),
+        "values": out,
+    }
