@@ -357,4 +357,6 @@ def balance(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt =
 
 
 def main() -> None:
+    import gatewatch.cli_usage  # noqa: F401  (registers ``gatewatch usage``)
+
     app()

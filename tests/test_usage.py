@@ -371,3 +371,38 @@ def test_proxied_traffic_shows_up_in_usage(gateway: RunningGateway) -> None:
     assert body["totals"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records))
     assert body["totals"]["ttft_p50_ms"] is not None  # the stream's first token was timed
     assert [s["group"]["provider"] for s in body["series"]] == ["openai"]
+
+
+def test_cli_gives_finance_a_csv_of_spend_by_user_and_model(seeded: Seeded) -> None:
+    import csv
+    import io
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("gatewatch") or str(Path(sys.executable).with_name("gatewatch"))
+    base = [exe, "usage", "--url", seeded.gw.url, "--token", seeded.gw.admin_key,
+            "--start", "2026-10-01T00:00:00Z", "--end", "2026-11-30T00:00:00Z"]  # fmt: skip
+    proc = subprocess.run([*base, "--bucket", "month", "--by", "user,model", "--format", "csv"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    want = _expected(
+        seeded.records,
+        lambda r: (datetime.fromtimestamp(r.started, UTC).strftime("%Y-%m-01T00:00:00Z"),
+                   r.user, r.model or r.model_requested),
+    )  # fmt: skip
+    got = {(row["bucket"], row["user"], row["model"]): row for row in rows}
+    assert set(got) == set(want)
+    for key, row in got.items():
+        assert int(row["requests"]) == want[key]["requests"]
+        assert float(row["cost_usd"]) == pytest.approx(want[key]["cost_usd"], abs=1e-8)
+        assert row["currency"] == "USD"
+    table = subprocess.run([*base, "--bucket", "day", "--by", "model"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "gpt-4o-mini" in table.stdout and "spend per day:" in table.stdout
+    assert any(ch in table.stdout for ch in "▁▂▃▄▅▆▇█")
+    bad = subprocess.run([*base, "--bucket", "year"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "bucket" in bad.stderr
