@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ulid import ULID
 
+from gatewatch import export
 from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
 from gatewatch.controls import Controls
 from gatewatch.controls.breaker import CircuitBreakers
@@ -196,6 +197,39 @@ def create_api(
             raise ApiError(400, str(exc), exc.param) from None
         page = await run(store.list_requests, ident.scope, query, limit, after_id)
         return {"count": page.count, "results": page.results, "next_after_id": page.next_after_id}
+
+    # before /api/v1/requests/{request_id}, which would take "export" for an id
+    @app.get(
+        "/api/v1/requests/export",
+        summary="Request records as CSV or JSON Lines, streamed (§A3)",
+        response_class=StreamingResponse,
+        responses={200: {"content": {t: {} for t in export.FORMATS.values()}}},
+    )
+    async def export_requests(
+        request: Request,
+        ident: Caller,
+        fmt: Annotated[str, Query(alias="format", description="csv | jsonl")] = "csv",
+        bodies: Annotated[bool, Query(description="Add request_body, response_body")] = False,
+        currency: Annotated[str | None, Query(description="The configured code or USD")] = None,
+        q: Annotated[str | None, Query(description="key:value search string")] = None,
+    ) -> StreamingResponse:
+        if fmt not in export.FORMATS:
+            raise ApiError(400, f"format: {fmt!r} is not one of csv, jsonl", "format")
+        try:
+            money = export.choose_currency(settings.currency, currency)
+            query = parse_filters(request.query_params.multi_items(), export.EXPORT_PARAMS, q)
+        except (export.ExportError, FilterError) as exc:
+            raise ApiError(400, str(exc), exc.param) from None
+        total = (await run(store.list_requests, ident.scope, query, 1, None)).count
+        columns = export.export_columns(bodies)
+        return StreamingResponse(
+            export.stream(store, ident.scope, query, columns, fmt, money),
+            media_type=export.FORMATS[fmt],
+            headers={
+                "Content-Disposition": f'attachment; filename="{export.filename(fmt)}"',
+                "X-Total-Count": str(total),
+            },
+        )
 
     @app.get("/api/v1/requests/{request_id}", summary="One request record (§A2)")
     async def get_request(request_id: str, ident: Caller) -> dict[str, Any]:

@@ -93,6 +93,29 @@ class Store(abc.ABC):
         self, scope: Scope, query: RequestQuery, page_size: int = 1000
     ) -> Iterator[dict[str, Any]]: ...
 
+    @abc.abstractmethod
+    def export_pages(
+        self,
+        scope: Scope,
+        query: RequestQuery,
+        columns: Sequence[str],
+        fmt: str,
+        page_size: int = 5000,
+        *,
+        usd_rate: float = 1.0,
+        currency: str = "USD",
+    ) -> Iterator[bytes]:
+        """The records a list with the same scope and query would give, newest first, as
+        export pages: each one chunk of complete UTF-8 lines of at most ``page_size`` records
+        (fewer when rows are large, so that a page stays a few MB), without a header.
+
+        ``columns`` are §R column names (``request_body``/``response_body`` included only when
+        asked for) and the derived ``cost`` (``cost_usd`` times ``usd_rate``) and ``currency``.
+        ``fmt`` is ``csv`` (RFC 4180 lines: null → empty cell, booleans ``true``/``false``,
+        nested fields as JSON text) or ``jsonl`` (one JSON object per line, nested fields as
+        JSON). Pages are read by keyset on the id, so each call to ``next`` is one cheap query
+        and may run on any thread."""
+
     # usage rollups (§A4)
     @abc.abstractmethod
     def rebuild_rollups(self, progress: Callable[[int, int], None] | None = None) -> int:

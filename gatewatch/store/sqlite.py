@@ -13,6 +13,7 @@ import orjson
 
 from gatewatch.records import COLUMNS, Record, format_ts, new_id, parse_ts
 from gatewatch.store import rollups
+from gatewatch.store._sqlite_export import export_select
 from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope, and_where
@@ -23,6 +24,8 @@ __all__ = ["SQLiteStore"]
 _LIST_COLUMNS = [c for c in COLUMNS if c not in ("request_body", "response_body")]
 _SELECT = ", ".join(f"r.{c}" for c in _LIST_COLUMNS)
 _JSON_COLUMNS = {"tags", "meta", "tool_calls", "attempts"}
+_BODIES = {"request_body", "response_body"}
+_EXPORT_PAGE_BYTES = 8 << 20
 _RECORD_COLUMNS = (
     "id", "started_at", "ended_at", "duration_ms", "ttft_ms", "org_id", "org", "user_id", "user",
     "api_key_id", "api_key_name", "end_user", "session", "workflow", "client", "user_agent",
@@ -201,6 +204,25 @@ def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
+def _keyset_source(
+    scope: Scope, query: RequestQuery, join: str = ""
+) -> tuple[str, list[object], str]:
+    """``FROM`` text, its parameters and the id column to page on (``ORDER BY`` it ``DESC``).
+
+    A one-value tag/meta/model filter reads its facet index backwards (already in id order)
+    rather than collecting every matching id first. ``join`` goes before the ``WHERE``."""
+    facet = query.driving_facet()
+    if facet is not None:
+        where, params = query.where(scope, skip=facet[0])
+        source = (
+            f"request_facets f JOIN requests r ON r.id = f.request_id{join}"
+            f" WHERE f.name = ? AND f.value = ?{and_where(where, 'AND')}"
+        )
+        return source, [*facet, *params], "f.request_id"
+    where, params = query.where(scope)
+    return f"requests r{join}{and_where(where)}", list(params), "r.id"
+
+
 def _body(text: str | None) -> Any:
     if text is None:
         return None
@@ -320,17 +342,7 @@ class SQLiteStore(Store):
             params,
         )
         count = db.execute(count_sql, count_params).fetchone()[0]
-        facet = query.driving_facet()
-        if facet is not None:
-            page_where, page_params = query.where(scope, skip=facet[0])
-            source = (
-                "request_facets f JOIN requests r ON r.id = f.request_id"
-                f" WHERE f.name = ? AND f.value = ?{and_where(page_where, 'AND')}"
-            )
-            page_params = [*facet, *page_params]
-            order = "f.request_id"
-        else:
-            source, page_params, order = f"requests r{and_where(where)}", list(params), "r.id"
+        source, page_params, order = _keyset_source(scope, query)
         if after_id:
             source += f" {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
             page_params.append(after_id)
@@ -386,6 +398,42 @@ class SQLiteStore(Store):
             if len(rows) < page_size:
                 return
             after = rows[-1][0]
+
+    def export_pages(
+        self,
+        scope: Scope,
+        query: RequestQuery,
+        columns: Sequence[str],
+        fmt: str,
+        page_size: int = 5000,
+        *,
+        usd_rate: float = 1.0,
+        currency: str = "USD",
+    ) -> Iterator[bytes]:
+        line, line_params = export_select(columns, fmt, usd_rate, currency)
+        bodies = bool(_BODIES & {*columns})
+        join = " LEFT JOIN request_bodies b ON b.request_id = r.id" if bodies else ""
+        source, params, order = _keyset_source(scope, query, join)
+        paged = f"{source} {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
+        # a small first page (rows can be large: long prompts, bodies), then pages sized from
+        # the bytes seen so far to about _EXPORT_PAGE_BYTES
+        size, after = min(page_size, 20 if bodies else 500), None
+        while True:
+            # the reader of the thread running this step: each page may run on another thread
+            db = self._reader()
+            rows = db.execute(
+                f"SELECT {order}, {line} FROM {paged if after else source}"
+                f" ORDER BY {order} DESC LIMIT ?",
+                [*line_params, *params, *([after] if after else []), size],
+            ).fetchall()
+            if not rows:
+                return
+            chunk = b"".join([row[1] for row in rows])
+            yield chunk
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            size = max(1, min(page_size, len(rows) * _EXPORT_PAGE_BYTES // len(chunk)))
 
     # ---- usage rollups (§A4) ---------------------------------------------------------------
 
