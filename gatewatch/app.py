@@ -24,6 +24,7 @@ from gatewatch.proxy.handler import (
     Send,
     match_proxy_path,
 )
+from gatewatch.retention import Retention
 from gatewatch.settings import Settings
 from gatewatch.store import RecordWriter, Scope, Store, open_store
 
@@ -59,6 +60,11 @@ class Gateway:
             self.controls, self.breakers,
         )  # fmt: skip
         self.api = create_api(self.store, self.keys, self.controls, self.breakers, settings)
+        self.retention = Retention(
+            self.store,
+            settings.retention,
+            on_purged=lambda kind, n: self.metrics.retention_purged.labels(kind).inc(n),
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
@@ -84,6 +90,7 @@ class Gateway:
         self.writer.start()
         await self.proxy.start()
         self._tasks.append(asyncio.create_task(self.keys.watch()))
+        self._tasks.append(asyncio.create_task(self.retention.loop()))
         self.started = True
         # Everything built so far lives as long as the process: keep it out of the collector's
         # generations so collections stay short (long GC pauses show up as p99 latency).

@@ -55,6 +55,13 @@ class Metrics:
         self.rate_limited = Counter(
             "gatewatch_rate_limited", "Requests refused by rate limits", registry=r
         )
+        self.retention_purged = Counter(
+            "gatewatch_retention_purged",
+            "What the retention purge removed: records, content (bodies and prompts of records "
+            "kept), rollups (usage aggregate rows)",
+            ["kind"],
+            registry=r,
+        )
         self.records_pending = Gauge(
             "gatewatch_records_pending", "Request records not yet stored", registry=r
         )

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "CurrencySettings",
     "LimitsSettings",
+    "OrgRetention",
     "PriceOverride",
     "ProviderSettings",
     "RateLimitSettings",
@@ -103,10 +104,25 @@ class ProviderSettings(_Section):
         return "anthropic" if self.type == "anthropic" else "openai"
 
 
+class OrgRetention(_Section):
+    days: int | None = Field(default=None, ge=0, description="Days this org's records are kept")
+    content_days: int | None = Field(default=None, ge=0, description="Days its bodies are kept")
+
+
 class RetentionSettings(_Section):
     days: int = Field(default=60, ge=0, description="Days request records are kept (0 = forever)")
     content_days: int = Field(default=30, ge=0, description="Days bodies are kept (0 = forever)")
     aggregate_days: int = Field(default=400, ge=0, description="Days usage aggregates are kept")
+    interval: float = Field(default=300.0, gt=0, description="Seconds between purges (jittered)")
+    batch: int = Field(default=1000, ge=1, description="Records deleted per short transaction")
+    orgs: dict[str, OrgRetention] = Field(
+        default_factory=dict, description="Organization name → its own days / content_days"
+    )
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
 
 
 class LimitsSettings(_Section):

@@ -134,6 +134,37 @@ class Store(abc.ABC):
     def display_names(self, dim: str, ids: Sequence[str]) -> dict[str, str]:
         """Names of org, user or api_key ids."""
 
+    # retention (§T1)
+    @abc.abstractmethod
+    def purge_batch(
+        self,
+        kind: str,
+        before: float,
+        limit: int,
+        org_id: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> int:
+        """Remove up to ``limit`` old records (``records``) or their content (``content``)."""
+
+    @abc.abstractmethod
+    def count_purgeable(
+        self,
+        kind: str,
+        before: float,
+        org_id: str | None = None,
+        exclude: Sequence[str] = (),
+        keep_after: float | None = None,
+    ) -> int: ...
+
+    @abc.abstractmethod
+    def purge_rollups(self, before: int, dry_run: bool = False) -> int: ...
+
+    @abc.abstractmethod
+    def org_ids(self, names: Sequence[str]) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool: ...
+
     # billing
     @abc.abstractmethod
     def spend(

@@ -129,11 +129,20 @@ def m004_rollups(db: sqlite3.Connection) -> None:
     db.executescript(rollups.schema())
 
 
+def m005_leases(db: sqlite3.Connection) -> None:
+    """Leases: which process runs a background job (the retention purge) right now."""
+    db.executescript(
+        "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL)"
+        " WITHOUT ROWID;"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_identities", m001_identities),
     ("m002_requests", m002_requests),
     ("m003_billing", m003_billing),
     ("m004_rollups", m004_rollups),
+    ("m005_leases", m005_leases),
 ]
 
 

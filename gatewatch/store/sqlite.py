@@ -508,6 +508,140 @@ class SQLiteStore(Store):
             )
         return out
 
+    # ---- retention (§T1) ---------------------------------------------------------------------
+
+    @staticmethod
+    def _org_condition(org_id: str | None, exclude: Sequence[str]) -> tuple[str, list[object]]:
+        if org_id is not None:
+            return " AND r.org_id = ?", [org_id]
+        if exclude:
+            marks = ",".join("?" * len(exclude))
+            return f" AND (r.org_id IS NULL OR r.org_id NOT IN ({marks}))", [*exclude]
+        return "", []
+
+    def purge_batch(
+        self,
+        kind: str,
+        before: float,
+        limit: int,
+        org_id: str | None = None,
+        exclude: Sequence[str] = (),
+    ) -> int:
+        """Remove up to ``limit`` of the oldest records (kind ``records``: the whole record) or
+        their content (``content``: bodies, prompt, tool arguments) started before ``before``,
+        in one short transaction. Returns how many; 0 when nothing is left to remove."""
+        cond, params = self._org_condition(org_id, exclude)
+        if kind == "records":
+            select = f"SELECT r.id FROM requests r WHERE r.id < ?{cond} ORDER BY r.id LIMIT ?"
+        else:
+            select = (
+                "SELECT b.request_id FROM request_bodies b JOIN requests r ON r.id = b.request_id"
+                f" WHERE b.request_id < ?{cond} ORDER BY b.request_id LIMIT ?"
+            )
+        with self._transaction() as db:
+            ids = [row[0] for row in db.execute(select, [_ulid_floor(before), *params, limit])]
+            if not ids:
+                return 0
+            batch = (orjson.dumps(ids).decode(),)
+            db.execute(
+                "DELETE FROM request_bodies WHERE request_id IN (SELECT value FROM json_each(?))",
+                batch,
+            )
+            if kind == "records":
+                db.execute(
+                    "DELETE FROM request_facets WHERE request_id IN"
+                    " (SELECT value FROM json_each(?))",
+                    batch,
+                )
+                db.execute(
+                    "DELETE FROM requests WHERE id IN (SELECT value FROM json_each(?))", batch
+                )
+            else:
+                db.execute(
+                    "UPDATE requests SET last_user_prompt = NULL, tool_calls = (SELECT"
+                    " json_group_array(json_set(t.value, '$.arguments', '')) FROM"
+                    " json_each(requests.tool_calls) t)"
+                    " WHERE id IN (SELECT value FROM json_each(?))",
+                    batch,
+                )
+            return len(ids)
+
+    def count_purgeable(
+        self,
+        kind: str,
+        before: float,
+        org_id: str | None = None,
+        exclude: Sequence[str] = (),
+        keep_after: float | None = None,
+    ) -> int:
+        cond, params = self._org_condition(org_id, exclude)
+        if keep_after is not None:  # content of records that stay (older ones go whole)
+            cond += " AND r.id >= ?"
+            params.append(_ulid_floor(keep_after))
+        if kind == "records":
+            sql = f"SELECT count(*) FROM requests r WHERE r.id < ?{cond}"
+        else:
+            sql = (
+                "SELECT count(*) FROM request_bodies b JOIN requests r ON r.id = b.request_id"
+                f" WHERE b.request_id < ?{cond}"
+            )
+        return int(self._reader().execute(sql, [_ulid_floor(before), *params]).fetchone()[0])
+
+    def purge_rollups(self, before: int, dry_run: bool = False) -> int:
+        """Remove usage rollup rows of buckets before ``before``, a day per transaction."""
+        db = self._reader()
+        oldest = min(
+            (
+                row[0]
+                for c in rollups.CUBOIDS
+                for row in db.execute(f"SELECT min(bucket) FROM {c.table}")
+                if row[0] is not None
+            ),
+            default=None,
+        )
+        if oldest is None or oldest >= before:
+            return 0
+        if dry_run:
+            return sum(
+                int(db.execute(f"SELECT count(*) FROM {c.table} WHERE bucket < ?", (before,))
+                    .fetchone()[0])
+                for c in rollups.CUBOIDS
+            )  # fmt: skip
+        removed = 0
+        for day in range(int(oldest) // 86400 * 86400, before, 86400):
+            with self._transaction() as w:
+                for c in rollups.CUBOIDS:
+                    for grain in ("h", "d"):
+                        removed += w.execute(
+                            f"DELETE FROM {c.table} WHERE grain = ? AND bucket < ?",
+                            (grain, min(day + 86400, before)),
+                        ).rowcount
+        return removed
+
+    def org_ids(self, names: Sequence[str]) -> dict[str, str]:
+        if not names:
+            return {}
+        marks = ",".join("?" * len(names))
+        rows = self._reader().execute(
+            f"SELECT name, id FROM orgs WHERE name IN ({marks})", list(names)
+        )
+        return {str(name): str(oid) for name, oid in rows}
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds`` unless another holder has it."""
+        import time
+
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " holder = excluded.holder, until = excluded.until"
+                " WHERE leases.until < ? OR leases.holder = excluded.holder",
+                (name, holder, now + seconds, now),
+            )
+            row = db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+        return bool(row and row[0] == holder)
+
     # ---- identities --------------------------------------------------------------------------
 
     def identity_for_hash(self, key_hash: str) -> Identity | None:
