@@ -9,13 +9,15 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any
+import time
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from gatewatch.settings import ConfigError, load_settings
+from gatewatch.records import format_ts
+from gatewatch.settings import ConfigError, load_settings, parse_duration
 
 __all__ = ["main"]
 
@@ -27,8 +29,10 @@ app = typer.Typer(
 )
 requests_app = typer.Typer(help="Request records.", no_args_is_help=True)
 keys_app = typer.Typer(help="Gateway keys.", no_args_is_help=True)
+rollups_app = typer.Typer(help="Usage rollups (local admin commands).", no_args_is_help=True)
 app.add_typer(requests_app, name="requests")
 app.add_typer(keys_app, name="keys")
+app.add_typer(rollups_app, name="rollups")
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="GATEWATCH_URL", help="The gateway's base URL")
@@ -40,7 +44,7 @@ FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
 _DEFAULT_URL = "http://127.0.0.1:4000"
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     Console(stderr=True).print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -171,6 +175,56 @@ _LIST_COLUMNS = (
 )
 
 
+# The §A1 filters, as options of every command that reads records.
+InitiatorOpt = Annotated[str | None, typer.Option(help="User id or name, or 'me'")]
+OrgOpt = Annotated[str | None, typer.Option(help="Organization id or name")]
+ApiKeyOpt = Annotated[str | None, typer.Option(help="Key id or name")]
+ProviderOpt = Annotated[str | None, typer.Option(help="Configured provider name")]
+ModelOpt = Annotated[str | None, typer.Option(help="The model asked for or the one that answered")]
+StatusOpt = Annotated[str | None, typer.Option(help="ok | error | client_closed")]
+StatusCodeOpt = Annotated[int | None, typer.Option(help="HTTP status code, e.g. 429")]
+ClientOpt = Annotated[str | None, typer.Option(help="Detected client, e.g. claude-code")]
+WorkflowOpt = Annotated[str | None, typer.Option()]
+SessionOpt = Annotated[str | None, typer.Option()]
+TagOpt = Annotated[list[str] | None, typer.Option(help="A tag (repeat for any of several)")]
+EndUserOpt = Annotated[str | None, typer.Option(help="Your customer's id (x-gatewatch-user)")]
+MetaOpt = Annotated[
+    list[str] | None, typer.Option(help="NAME=VALUE of a meta property (repeatable)")
+]
+SinceOpt = Annotated[str | None, typer.Option(help="Started within the last 24h, 7d, 30d …")]
+AfterOpt = Annotated[str | None, typer.Option(help="RFC 3339 time or date (inclusive)")]
+BeforeOpt = Annotated[str | None, typer.Option(help="RFC 3339 time or date (exclusive)")]
+QOpt = Annotated[str | None, typer.Option(help="Search string of key:value pairs")]
+
+
+def _filters(
+    *,
+    meta: list[str] | None,
+    tag: list[str] | None,
+    since: str | None,
+    started_after: str | None,
+    **single: str | int | None,
+) -> list[tuple[str, str]]:
+    """The filter options as query parameters (repeatable ones repeated)."""
+    if since is not None:
+        if started_after is not None:
+            _fail("--since and --started-after: give one of them", 2)
+        try:
+            seconds = parse_duration(since)
+        except ValueError:
+            _fail(f"--since: {since!r} is not a duration like 24h, 7d or 30d", 2)
+        started_after = format_ts(time.time() - seconds)
+    params = [(k, str(v)) for k, v in {**single, "started_after": started_after}.items()
+              if v is not None]  # fmt: skip
+    params += [("tag", t) for t in tag or ()]
+    for item in meta or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            _fail(f"--meta: {item!r} is not NAME=VALUE", 2)
+        params.append((f"meta.{name}", value))
+    return params
+
+
 def _print_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...]) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -198,28 +252,34 @@ def _print_rows(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...]) 
 def requests_list(
     url: UrlOpt = _DEFAULT_URL,
     token: TokenOpt = None,
-    initiator: Annotated[str | None, typer.Option(help="User id or name, or 'me'")] = None,
-    provider: Annotated[str | None, typer.Option()] = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    status: Annotated[str | None, typer.Option(help="ok | error | client_closed")] = None,
-    started_after: Annotated[str | None, typer.Option(help="RFC 3339")] = None,
-    started_before: Annotated[str | None, typer.Option(help="RFC 3339")] = None,
-    q: Annotated[str | None, typer.Option(help="Search string of key:value pairs")] = None,
+    initiator: InitiatorOpt = None,
+    org: OrgOpt = None,
+    api_key: ApiKeyOpt = None,
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    status: StatusOpt = None,
+    status_code: StatusCodeOpt = None,
+    client: ClientOpt = None,
+    workflow: WorkflowOpt = None,
+    session: SessionOpt = None,
+    tag: TagOpt = None,
+    end_user: EndUserOpt = None,
+    meta: MetaOpt = None,
+    since: SinceOpt = None,
+    started_after: AfterOpt = None,
+    started_before: BeforeOpt = None,
+    q: QOpt = None,
     limit: Annotated[int, typer.Option(help="1-1000")] = 20,
     fmt: FormatOpt = "table",
 ) -> None:
     """List request records, newest first."""
-    params = _given(
-        initiator=initiator,
-        provider=provider,
-        model=model,
-        status=status,
-        started_after=started_after,
-        started_before=started_before,
-        q=q,
-        limit=limit,
-    )
-    page = _api(url, token, "GET", "/api/v1/requests", params=params)
+    params = _filters(
+        initiator=initiator, org=org, api_key=api_key, provider=provider, model=model,
+        status=status, status_code=status_code, client=client, workflow=workflow,
+        session=session, tag=tag, end_user=end_user, meta=meta, since=since,
+        started_after=started_after, started_before=started_before, q=q,
+    )  # fmt: skip
+    page = _api(url, token, "GET", "/api/v1/requests", params=[*params, ("limit", str(limit))])
     _print_rows(page["results"], fmt, _LIST_COLUMNS)
     if fmt == "table":
         Console(stderr=True).print(f"{len(page['results'])} of {page['count']} matching")
@@ -235,6 +295,191 @@ def requests_show(
     sys.stdout.write(
         json.dumps(_api(url, token, "GET", f"/api/v1/requests/{request_id}"), indent=2) + "\n"
     )
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+class _CsvRecords:
+    """Counts the CSV records in a byte stream: line breaks outside quoted cells (a quote
+    toggles, an escaped quote toggles twice), less the header."""
+
+    def __init__(self) -> None:
+        self.count = -1
+        self._quoted = False
+
+    def feed(self, chunk: bytes) -> int:
+        before = self.count
+        *lines, rest = chunk.split(b"\n")
+        for line in lines:
+            if line.count(b'"') % 2:
+                self._quoted = not self._quoted
+            if not self._quoted:
+                self.count += 1
+        if rest.count(b'"') % 2:
+            self._quoted = not self._quoted
+        return self.count - before
+
+
+class _JsonLines:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def feed(self, chunk: bytes) -> int:
+        n = chunk.count(b"\n")
+        self.count += n
+        return n
+
+
+def _rate_column() -> Any:
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} records/s" if speed else "", style="progress.data.speed")
+
+    return Rate()
+
+
+@app.command("export")
+def export_requests(
+    url: UrlOpt = _DEFAULT_URL,
+    token: TokenOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv | jsonl")] = "csv",
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File to write (default: stdout)")
+    ] = None,
+    bodies: Annotated[bool, typer.Option(help="Add the request and response bodies")] = False,
+    currency: Annotated[str | None, typer.Option(help="Cost column currency: yours or USD")] = None,
+    initiator: InitiatorOpt = None,
+    org: OrgOpt = None,
+    api_key: ApiKeyOpt = None,
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    status: StatusOpt = None,
+    status_code: StatusCodeOpt = None,
+    client: ClientOpt = None,
+    workflow: WorkflowOpt = None,
+    session: SessionOpt = None,
+    tag: TagOpt = None,
+    end_user: EndUserOpt = None,
+    meta: MetaOpt = None,
+    since: SinceOpt = None,
+    started_after: AfterOpt = None,
+    started_before: BeforeOpt = None,
+    q: QOpt = None,
+) -> None:
+    """Export every matching record as CSV or JSON Lines, streamed (any size)."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    if fmt not in ("csv", "jsonl"):
+        _fail(f"--format: {fmt!r} is not one of csv, jsonl", 2)
+    if not token:
+        _fail("no key: pass --token or set GATEWATCH_TOKEN")
+    params = _filters(
+        initiator=initiator, org=org, api_key=api_key, provider=provider, model=model,
+        status=status, status_code=status_code, client=client, workflow=workflow,
+        session=session, tag=tag, end_user=end_user, meta=meta, since=since,
+        started_after=started_after, started_before=started_before, q=q,
+    )  # fmt: skip
+    params += [("format", fmt), ("bodies", "true" if bodies else "false")]
+    if currency:
+        params.append(("currency", currency))
+    counter = _CsvRecords() if fmt == "csv" else _JsonLines()
+    partial = f"{output}.part" if output else None  # renamed to FILE once complete
+    err = Console(stderr=True)
+    started = time.monotonic()
+    answered = False
+    try:
+        with httpx.stream(
+            "GET", url.rstrip("/") + "/api/v1/requests/export", params=tuple(params),
+            headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(30, read=300),
+        ) as resp:  # fmt: skip
+            answered = True
+            if resp.status_code >= 400:
+                resp.read()
+                try:
+                    message = resp.json()["error"]["message"]
+                except Exception:
+                    message = resp.text
+                _fail(f"{resp.status_code}: {message}")
+            total = int(resp.headers.get("x-total-count", "0") or 0)
+            progress = Progress(
+                "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                _rate_column(), TimeRemainingColumn(), console=err,
+                disable=not sys.stderr.isatty(),
+            )  # fmt: skip
+            with open(partial, "wb") if partial else _Stdout() as out, progress:
+                task = progress.add_task("exporting", total=total or None)
+                for chunk in resp.iter_bytes():
+                    out.write(chunk)
+                    progress.advance(task, counter.feed(chunk))
+        if partial and output:
+            os.replace(partial, output)
+    except httpx.HTTPError as exc:
+        if not answered:
+            _fail(f"cannot reach the gateway at {url}: {exc}")
+        _fail(f"the export stopped after {max(counter.count, 0):,} records: {exc!r}")
+    except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (no second error at exit)
+        raise typer.Exit(1) from None
+    finally:
+        if partial and os.path.exists(partial):
+            os.remove(partial)
+    elapsed = time.monotonic() - started
+    err.print(f"wrote {max(counter.count, 0):,} records to {output or 'stdout'} in {elapsed:.1f} s",
+              highlight=False)  # fmt: skip
+
+
+class _Stdout:
+    """stdout as a binary file that stays open."""
+
+    def __enter__(self) -> Any:
+        return sys.stdout.buffer
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.buffer.flush()
+
+
+# ---- rollups ---------------------------------------------------------------------------------
+
+
+@rollups_app.command("rebuild")
+def rollups_rebuild(
+    config: Annotated[str | None, typer.Option("--config", envvar="GATEWATCH_CONFIG")] = None,
+) -> None:
+    """Recompute the usage rollups from the stored records (run on the gateway's host: it
+    opens the database of the configuration itself)."""
+    from rich.progress import Progress
+
+    from gatewatch.store import open_store
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(f"invalid configuration: {exc}", 2)
+    try:
+        store = open_store(settings.database)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    err = Console(stderr=True)
+    started = time.monotonic()
+    try:
+        store.migrate()
+        with Progress(console=err, disable=not sys.stderr.isatty()) as progress:
+            task = progress.add_task("rebuilding rollups", total=None)
+
+            def report(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            records = store.rebuild_rollups(report)
+    finally:
+        store.close()
+    err.print(f"rebuilt the usage rollups from {records:,} records in "
+              f"{time.monotonic() - started:.1f} s", highlight=False)  # fmt: skip
 
 
 # ---- keys ------------------------------------------------------------------------------------
@@ -357,7 +602,6 @@ def balance(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt =
 
 
 def main() -> None:
-    import gatewatch.cli_admin
-    import gatewatch.cli_usage  # noqa: F401  (these register their commands)
+    import gatewatch.cli_usage  # noqa: F401  (registers ``gatewatch usage``)
 
     app()

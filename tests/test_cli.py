@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,137 @@ def test_unreachable_gateway_fails_clearly(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- export and the record filters ---------------------------------------------------------------
+
+MULTILINE = 'line one, with a comma\nline "two"\r\nline three'
+
+
+def _export_api(gw: RunningGateway, **params: str) -> httpx.Response:
+    with gw.api() as api:
+        r = api.get("/api/v1/requests/export", params=params)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def _traffic(gw: RunningGateway) -> dict[str, str]:
+    ids = {
+        "plain": chat(gw, gw.admin_key),
+        "multiline": chat(gw, gw.admin_key, MULTILINE),
+        "claude": claude(gw, gw.admin_key),
+    }
+    headers = {"Authorization": f"Bearer {gw.admin_key}", "x-gatewatch-tags": "nightly",
+               "x-gatewatch-meta-team": "search"}  # fmt: skip
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "tagged"}]}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", timeout=30, headers=headers, json=body)
+    assert r.status_code == 200, r.text
+    ids["tagged"] = r.headers["x-gatewatch-request-id"]
+    gw.wait_records()
+    return ids
+
+
+def test_export_to_a_file_writes_what_the_api_exports(gateway: RunningGateway,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    ids = _traffic(gateway)
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "requests.csv"
+    proc = cli(gateway, "export", "--format", "csv", "-o", str(out))
+    assert ok(proc) == ""  # the file gets the data; stdout stays empty
+    assert re.fullmatch(rf"wrote 4 records to {re.escape(str(out))} in \d+\.\d s\n", proc.stderr)
+    assert list(out.parent.iterdir()) == [out]  # no partial file left behind
+
+    def parse(text: str) -> list[dict[str, str]]:
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+
+    rows = parse(out.read_bytes().decode())
+    assert rows == parse(_export_api(gateway, format="csv").text)
+    assert [r["id"] for r in rows] == sorted(ids.values(), reverse=True)
+    assert next(r for r in rows if r["id"] == ids["multiline"])["last_user_prompt"] == MULTILINE
+
+    proc = cli(gateway, "export", "--format", "jsonl", "--bodies")
+    lines = [json.loads(line) for line in ok(proc).splitlines()]
+    api = _export_api(gateway, format="jsonl", bodies="true").text
+    assert lines == [json.loads(x) for x in api.splitlines()]
+    assert lines[0]["request_body"]["messages"]
+    assert "wrote 4 records to stdout" in proc.stderr
+
+
+def test_export_filters_and_errors(gateway: RunningGateway, tmp_path: Path) -> None:
+    ids = _traffic(gateway)
+
+    def exported(*args: str) -> list[str]:
+        text = ok(cli(gateway, "export", "--format", "jsonl", *args))
+        return [json.loads(line)["id"] for line in text.splitlines()]
+
+    assert exported("--provider", "anthropic") == [ids["claude"]]
+    assert exported("--tag", "nightly", "--meta", "team=search") == [ids["tagged"]]
+    assert exported("--meta", "team=ads") == []
+    assert exported("--q", "provider:openai status:ok", "--since", "1h") == sorted(
+        [ids["plain"], ids["multiline"], ids["tagged"]], reverse=True)  # fmt: skip
+    assert exported("--started-before", "2001-01-01") == []
+
+    out = tmp_path / "x.csv"
+    for args, code, words in (
+        (("--format", "xml"), 2, ("--format",)),
+        (("--meta", "team"), 2, ("--meta", "NAME=VALUE")),
+        (("--since", "lately"), 2, ("--since",)),
+        (("--status", "bogus"), 1, ("400", "status")),
+        (("--currency", "EUR"), 1, ("400", "currency")),
+    ):
+        proc = cli(gateway, "export", "-o", str(out), *args)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert all(w in proc.stderr for w in words), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert not out.exists() and not (tmp_path / "x.csv.part").exists()
+    proc = cli(gateway, "export", "-o", str(out), token="gw-wrong-token-000000000000000000")
+    assert proc.returncode == 1 and "401" in proc.stderr and not out.exists()
+    proc = subprocess.run([GATEWATCH, "export", "--url", "http://127.0.0.1:9", "--token", "gw-x"],
+                          capture_output=True, text=True, timeout=60, env=_env())  # fmt: skip
+    assert proc.returncode == 1 and "127.0.0.1:9" in proc.stderr
+
+
+def test_requests_list_takes_every_filter(gateway: RunningGateway) -> None:
+    ids = _traffic(gateway)
+
+    def listed(*args: str) -> list[str]:
+        text = ok(cli(gateway, "requests", "list", "--format", "csv", *args))
+        return [r["id"] for r in csv.DictReader(io.StringIO(text, newline=""))]
+
+    assert listed("--provider", "anthropic") == [ids["claude"]]
+    assert listed("--provider", "openai", "--tag", "nightly") == [ids["tagged"]]
+    assert listed("--meta", "team=search", "--org", "default") == [ids["tagged"]]
+    assert listed("--status-code", "200", "--since", "24h", "--limit", "2") == sorted(
+        ids.values(), reverse=True)[:2]  # fmt: skip
+    assert listed("--api-key", "admin", "--end-user", "nobody") == []
+    assert listed("--client", "nope") == []
+    proc = cli(gateway, "requests", "list", "--since", "1h", "--started-after", "2020-01-01")
+    assert proc.returncode == 2 and "--since" in proc.stderr
+
+
+def test_rollups_rebuild_reads_every_record(tmp_path: Path) -> None:
+    from gatewatch.records import Record, new_id
+    from gatewatch.store import SQLiteStore
+
+    db = tmp_path / "gw.db"
+    store = SQLiteStore(str(db))
+    store.migrate()
+    now = time.time()
+    store.insert_records([
+        Record(id=new_id(now - i * 3600), started=now - i * 3600, ended=now - i * 3600 + 0.5,
+               endpoint="/v1/chat/completions", provider="openai", model="gpt-4o-mini",
+               status_code=200, input_tokens=10, output_tokens=5, cost_usd=0.001)
+        for i in range(50)
+    ])  # fmt: skip
+    store.close()
+    config = tmp_path / "gatewatch.yaml"
+    config.write_text(f"database: sqlite:///{db}\n")
+    proc = subprocess.run([GATEWATCH, "rollups", "rebuild", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120, env=_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"rebuilt the usage rollups from 50 records in \d+\.\d s", proc.stderr)
+
+    config.write_text("database: mysql://nowhere\n")
+    proc = subprocess.run([GATEWATCH, "rollups", "rebuild", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=_env())  # fmt: skip
+    assert proc.returncode == 2 and "database" in proc.stderr and "Traceback" not in proc.stderr
