@@ -602,6 +602,7 @@ def balance(url: UrlOpt = _DEFAULT_URL, token: TokenOpt = None, fmt: FormatOpt =
 
 
 def main() -> None:
-    import gatewatch.cli_usage  # noqa: F401  (registers ``gatewatch usage``)
+    import gatewatch.cli_admin
+    import gatewatch.cli_usage  # noqa: F401  (these register their commands)
 
     app()
