@@ -604,7 +604,7 @@ def test_circuit_breaker_skips_a_failing_target_then_tries_it_again(
     broken = "gpt-4o-error-500"
     gw = start_gateway(
         models={"smart": [f"openai/{broken}", "openai/gpt-4o-mini"]},
-        circuit_breaker={"failure_threshold": 2, "cooldown": 1},
+        circuit_breaker={"failure_threshold": 2, "cooldown": 3},
     )
     key = gw.create_key(name="pia-key", user="pia")["key"]
 
@@ -635,7 +635,7 @@ def test_circuit_breaker_skips_a_failing_target_then_tries_it_again(
     assert good["state"] == "closed" and good["error_rate"] == 0.0
 
     # After the cooldown one trial goes to the broken target again; it fails, so it reopens.
-    time.sleep(max(0.0, 1.1 - (time.monotonic() - opened)))
+    time.sleep(max(0.0, 3.1 - (time.monotonic() - opened)))
     h = ask(gw, key, model="smart")
     assert attempts_of(gw, h) == [(broken, "upstream_5xx"), ("gpt-4o-mini", "ok")]
     assert sent_upstream(upstream, broken) == broken_calls + 1

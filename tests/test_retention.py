@@ -171,3 +171,27 @@ def test_gateway_purges_in_the_background(start_gateway: Callable[..., RunningGa
         time.sleep(0.05)
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'gatewatch_retention_purged_total{kind="records"} 1.0' in metrics
+
+
+def test_budget_spend_survives_the_purge_of_old_records(store: SQLiteStore) -> None:
+    _seed(store)
+    before = {
+        (scope, sid): store.spend(scope, sid, 0, NOW + DAY)
+        for scope, sid in (("org", "acme"), ("user", "usr_acme"), ("org", "brief"))
+    }
+    month = store.spend("org", "acme", NOW - 50 * DAY, NOW + DAY)
+    Retention(store, RetentionSettings(days=30, content_days=0)).run_once(now=NOW)
+    assert store.get_request(OWNER, _ids_of(store, "acme")[0]) is not None  # one record is left
+    for (scope, sid), spent in before.items():
+        # a total budget still counts the purged records' cost, from the usage rollups
+        assert store.spend(scope, sid, 0, NOW + DAY) == pytest.approx(spent, abs=1e-9)
+    assert spent == pytest.approx(0.003)
+    assert store.spend("org", "acme", NOW - 50 * DAY, NOW + DAY) == pytest.approx(month)
+
+
+def _ids_of(store: SQLiteStore, org: str) -> list[str]:
+    from gatewatch.store import RequestQuery
+
+    return [
+        r["id"] for r in store.list_requests(OWNER, RequestQuery({"org": [org]}), 10, None).results
+    ]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from ulid import ULID
 
 from gatewatch.records import COLUMNS, Record, format_ts, new_id, parse_ts
 from gatewatch.store import rollups
@@ -102,8 +103,6 @@ _ALIAS = {"keys": "k", "users": "u", "orgs": "o"}
 
 def _ulid_floor(ts: float) -> str:
     """The smallest id of the millisecond ``ts`` (ids are ULIDs that start with their time)."""
-    from ulid import ULID
-
     return str(ULID.from_bytes(ULID.from_timestamp(float(ts)).bytes[:6] + b"\x00" * 10))
 
 
@@ -683,10 +682,27 @@ class SQLiteStore(Store):
         self, scope: str, scope_id: str, start: float, end: float, through_id: str | None = None
     ) -> float:
         column = self._SPEND_COLUMN[scope]
-        lo, hi = _ulid_floor(start), _ulid_floor(min(end, 253402300799.0))
+        end = min(end, 253402300799.0)
         until = " AND id <= ?" if through_id else ""
         extra = (through_id,) if through_id else ()
         db = self._reader()
+        rolled = 0.0
+        records_from = start
+        # Records older than the oldest one kept may have been purged (§T1); their cost lives on
+        # in the usage rollups, which are read for the hours up to the oldest kept record's.
+        first = db.execute(f"SELECT min(id) FROM requests WHERE {column} = ?", (scope_id,))
+        first_id = first.fetchone()[0]
+        cut = end if first_id is None else (ULID.from_str(first_id).timestamp // 3600 + 1) * 3600
+        if cut > start and (through_id is None or through_id >= _ulid_floor(min(cut, end))):
+            records_from = min(cut, end)
+            table = "rollup_base" if scope == "key" else "rollup_user"
+            nano = db.execute(
+                f"SELECT COALESCE(SUM(cost_nusd), 0) FROM {table} WHERE grain = 'h'"
+                f" AND bucket >= ? AND bucket < ? AND {column} = ?",
+                (start, records_from, scope_id),
+            ).fetchone()[0]
+            rolled = int(nano) / 1e9
+        lo, hi = _ulid_floor(records_from), _ulid_floor(end)
         charged = db.execute(
             f"SELECT COALESCE(SUM(cost_usd), 0) FROM requests"
             f" WHERE {column} = ? AND id >= ? AND id < ?{until}",
@@ -695,9 +711,9 @@ class SQLiteStore(Store):
         adjusted = db.execute(
             "SELECT COALESCE(SUM(amount_usd), 0) FROM billing_adjustments"
             f" WHERE scope = ? AND scope_id = ? AND id >= ? AND id < ?{until}",
-            (scope, scope_id, lo, hi, *extra),
+            (scope, scope_id, _ulid_floor(start), hi, *extra),
         ).fetchone()[0]
-        return float(charged) + float(adjusted)
+        return rolled + float(charged) + float(adjusted)
 
     def add_adjustment(
         self, scope: str, scope_id: str, org_id: str, amount_usd: float, reason: str, by: str
