@@ -56,7 +56,8 @@ COLUMNS: tuple[str, ...] = (
 
 def new_id(ts: float | None = None) -> str:
     """A ULID: sorts by creation time, so ``ORDER BY id`` is time order."""
-    return str(ULID.from_timestamp(time.time() if ts is None else ts))
+    # float: python-ulid reads an int as milliseconds
+    return str(ULID.from_timestamp(time.time() if ts is None else float(ts)))
 
 
 def format_ts(ts: float) -> str:

@@ -406,3 +406,33 @@ def test_cli_gives_finance_a_csv_of_spend_by_user_and_model(seeded: Seeded) -> N
     assert any(ch in table.stdout for ch in "▁▂▃▄▅▆▇█")
     bad = subprocess.run([*base, "--bucket", "year"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "bucket" in bad.stderr
+
+
+def test_an_existing_database_gets_its_rollups_at_upgrade(tmp_path: Any) -> None:
+    from gatewatch.store import RequestQuery, Scope, SQLiteStore
+    from gatewatch.store.rollups import UsageSpec
+
+    path = str(tmp_path / "old.db")
+    store = SQLiteStore(path)
+    store.migrate()
+    records = []
+    for i in range(300):
+        r = Record(id=new_id(T0 + i * 60), started=T0 + i * 60, endpoint="/v1/chat/completions",
+                   org_id="o", user_id="u", provider="openai", model="m", status_code=200,
+                   cost_usd=0.01)  # fmt: skip
+        r.ended = r.started + 1
+        records.append(r)
+    store.insert_records(records)
+    # as a database from before the rollups existed: no rollup tables, m004 not applied
+    w = store._writer  # type: ignore[attr-defined]
+    for c in CUBOIDS:
+        w.execute(f"DROP TABLE {c.table}")
+    w.execute("DROP TABLE leases")
+    w.execute("DELETE FROM _migrations WHERE name IN ('m004_rollups', 'm005_leases')")
+    store.close()
+    store = SQLiteStore(path)
+    assert "m004_rollups" in store.migrate()
+    spec = UsageSpec(T0, T0 + DAY, (T0, T0 + DAY), (), RequestQuery({}))
+    source, rows = store.usage_rows(Scope("owner", "", ""), spec)
+    assert source == "rollups"
+    assert rows[(0, ())][0] == 300 and rows[(0, ())][7] == 3_000_000_000
