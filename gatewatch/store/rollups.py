@@ -175,9 +175,24 @@ def decode_into(blob: bytes | None, dense: list[int]) -> None:
             dense[b] += c
 
 
+def _sparse(blob: bytes) -> dict[int, int]:
+    m = len(blob) // 5
+    counts = array("I")
+    counts.frombytes(blob[m:])
+    return dict(zip(blob[:m], counts, strict=True))
+
+
 def hist_add(a: bytes | None, b: bytes | None) -> bytes:
-    """SQL function gw_hist_add: two histograms merged."""
-    return _encode_dense(_dense(a) + _dense(b))
+    """SQL function gw_hist_add: two histograms merged (called once per updated rollup row, so
+    the common case, two short sparse histograms, stays in plain Python)."""
+    if not a or not b:
+        return a or b or b""
+    if len(a) == _DENSE_BYTES or len(b) == _DENSE_BYTES:
+        return _encode_dense(_dense(a) + _dense(b))
+    merged = _sparse(a)
+    for k, c in _sparse(b).items():
+        merged[k] = merged.get(k, 0) + c
+    return encode(merged)
 
 
 class _HistSum:
