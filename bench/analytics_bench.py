@@ -497,8 +497,10 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     exe = find_gatewatch(args.gatewatch)
     port = free_port()
     cfg = tmp / "gatewatch.yaml"
+    # retention off: the default (60 days of records) would purge half of a 120-day database
     cfg.write_text(
         f"admin_key: {ADMIN_KEY}\ndatabase: sqlite:///{db}\nlog_level: {args.log_level}\n"
+        "retention: {days: 0, content_days: 0, aggregate_days: 0}\n"
     )
     gw_log = tmp / "gateway.log"
     gateway = start_gateway(exe, cfg, port, gw_log)
