@@ -423,3 +423,38 @@ def test_tool_calls_and_attempts_survive_in_both_formats(gateway: RunningGateway
 
     (line,) = jsonl_rows(export(gateway, format="jsonl", bodies="true"))
     assert {k: v for k, v in line.items() if k not in ("cost", "currency")} == want
+
+
+def test_csv_null_cells_are_empty_and_text_survives(gateway: RunningGateway) -> None:
+    key = gateway.create_key(user="amy", org="acme")
+    odd = 'a,"\x01",b\r\n"\x01"'
+    rec = store_record(gateway, key, 0, end_user=None, session="", workflow="(NULL)",
+                       error_message=odd, client="\x01x", correlation_id=None)  # fmt: skip
+    gateway.gateway.store.insert_records([rec])
+    text = export(gateway, format="csv").text
+    _, (row,) = csv_rows(export(gateway, format="csv"))
+    assert (row["end_user"], row["session"], row["workflow"]) == ("", "", "(NULL)")
+    assert (row["error_message"], row["client"], row["correlation_id"]) == (odd, "\x01x", "")
+    # a null is an unquoted empty cell (databases load it as NULL), an empty text a quoted one
+    cols = ["correlation_id", "id", "end_user", "session", "error_type"]
+    (page,) = gateway.gateway.store.export_pages(
+        Scope("owner", "", ""), parse_filters([]), cols, "csv"
+    )
+    assert page == f',{rec.id},,"",\r\n'.encode()
+    assert ',"(NULL)",' in text  # text that reads like a null stays text
+
+
+def test_a_page_concatenated_out_of_order_is_read_row_by_row(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = gateway.create_key(user="amy", org="acme")
+    records = [store_record(gateway, key, i) for i in range(1200)]
+    store = gateway.gateway.store
+    store.insert_records(records)
+    args = (Scope("owner", "", ""), parse_filters([]), ["id", "user"], "csv")
+    fast = b"".join(store.export_pages(*args))
+    monkeypatch.setattr("gatewatch.store.sqlite._newest_first", lambda ids: False)
+    slow = b"".join(store.export_pages(*args))
+    assert slow == fast
+    assert fast.decode().split() == [f'{r},"amy"' for r in sorted((r.id for r in records),
+                                                                   reverse=True)]  # fmt: skip

@@ -222,6 +222,10 @@ def _keyset_source(
     return f"requests r{join}{and_where(where)}", list(params), "r.id"
 
 
+def _newest_first(ids: list[str]) -> bool:
+    return ids == sorted(ids, reverse=True)
+
+
 def _body(text: str | None) -> Any:
     if text is None:
         return None
@@ -409,7 +413,7 @@ class SQLiteStore(Store):
         usd_rate: float = 1.0,
         currency: str = "USD",
     ) -> Iterator[bytes]:
-        line, line_params = export_select(columns, fmt, usd_rate, currency)
+        line, line_params, finish = export_select(columns, fmt, usd_rate, currency)
         bodies = bool(_BODIES & {*columns})
         join = " LEFT JOIN request_bodies b ON b.request_id = r.id" if bodies else ""
         source, params, order = _keyset_source(scope, query, join)
@@ -418,21 +422,31 @@ class SQLiteStore(Store):
         # the bytes seen so far to about _EXPORT_PAGE_BYTES
         size, after = min(page_size, 20 if bodies else 500), None
         while True:
+            page = (
+                f"SELECT {order} AS id, {line} AS line FROM {paged if after else source}"
+                f" ORDER BY {order} DESC LIMIT ?"
+            )
+            args = [*line_params, *params, *([after] if after else []), size]
             # the reader of the thread running this step: each page may run on another thread
             db = self._reader()
-            rows = db.execute(
-                f"SELECT {order}, {line} FROM {paged if after else source}"
-                f" ORDER BY {order} DESC LIMIT ?",
-                [*line_params, *params, *([after] if after else []), size],
-            ).fetchall()
-            if not rows:
+            # the page as one value: SQLite builds it without holding the GIL, and Python
+            # handles one object per page instead of one per record (a third faster)
+            count, ids, chunk = db.execute(
+                "SELECT count(*), group_concat(id, ','), CAST(group_concat(line, '') AS BLOB)"
+                f" FROM ({page})",
+                args,
+            ).fetchone()
+            if not count:
                 return
-            chunk = b"".join([row[1] for row in rows])
-            yield chunk
-            if len(rows) < size:
+            got = ids.split(",")
+            if not _newest_first(got):  # SQLite does not promise group_concat's order
+                rows = db.execute(f"SELECT line FROM ({page}) ORDER BY id DESC", args)
+                chunk = "".join([row[0] for row in rows]).encode()
+            yield finish(chunk) if finish else chunk
+            if count < size:
                 return
-            after = rows[-1][0]
-            size = max(1, min(page_size, len(rows) * _EXPORT_PAGE_BYTES // len(chunk)))
+            after = min(got)
+            size = max(1, min(page_size, count * _EXPORT_PAGE_BYTES // len(chunk)))
 
     # ---- usage rollups (§A4) ---------------------------------------------------------------
 
