@@ -1,7 +1,8 @@
 """Export benchmark: GET /api/v1/requests/export over HTTP against N stored records.
 
     .venv/bin/python bench/export_bench.py [--records 1000000] [--db /tmp/gw-query-bench.db]
-                                           [--formats csv,jsonl] [--bodies] [--in-process]
+                                           [--formats csv,jsonl] [--bodies] [--repeat 1]
+                                           [--in-process]
 
 Fills a SQLite store with N varied records (the same records as bench/query_bench.py, reused
 when the file has them), starts ``gatewatch serve`` on it, and downloads the whole export of
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--db", default="/tmp/gw-query-bench.db")
     ap.add_argument("--formats", default="csv,jsonl")
     ap.add_argument("--bodies", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="Exports of each format (RSS stays?)")
     ap.add_argument("--in-process", action="store_true")
     args = ap.parse_args()
     if shutil.which("curl") is None:
@@ -169,7 +171,7 @@ def main() -> None:
         try:
             print(f"export of {args.db} over HTTP (curl to /dev/null), load "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
-            for fmt in args.formats.split(","):
+            for fmt in [f for f in args.formats.split(",") for _ in range(args.repeat)]:
                 r = export_over_http(url, proc.pid, fmt, args.bodies)
                 print(
                     f"  {fmt:5s} {r['rows']:>9,.0f} rows in {r['seconds']:6.1f} s:"
