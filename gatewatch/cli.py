@@ -309,7 +309,8 @@ class _CsvRecords:
         self._quoted = False
 
     def feed(self, chunk: bytes) -> int:
-        before = self.count
+        """Take the next bytes; returns how many more records are complete."""
+        before = max(self.count, 0)
         *lines, rest = chunk.split(b"\n")
         for line in lines:
             if line.count(b'"') % 2:
@@ -318,7 +319,7 @@ class _CsvRecords:
                 self.count += 1
         if rest.count(b'"') % 2:
             self._quoted = not self._quoted
-        return self.count - before
+        return max(self.count, 0) - before
 
 
 class _JsonLines:

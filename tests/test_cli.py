@@ -329,3 +329,20 @@ def test_rollups_rebuild_reads_every_record(tmp_path: Path) -> None:
     proc = subprocess.run([GATEWATCH, "rollups", "rebuild", "--config", str(config)],
                           capture_output=True, text=True, timeout=60, env=_env())  # fmt: skip
     assert proc.returncode == 2 and "database" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_counts_csv_records_across_any_chunking() -> None:
+    """The progress bar and the final line count records, not lines: a quoted cell may hold
+    line breaks and quotes, and the stream may break anywhere."""
+    from gatewatch.cli import _CsvRecords
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "prompt", "tags"])
+    for i in range(40):
+        writer.writerow([f"r{i}", MULTILINE if i % 3 else 'say "hi",\n"there"\n', '["a","b"]'])
+    data = buf.getvalue().encode()
+    for size in (1, 2, 3, 7, 64, len(data)):
+        counter = _CsvRecords()
+        advanced = sum(counter.feed(data[i : i + size]) for i in range(0, len(data), size))
+        assert (counter.count, advanced) == (40, 40), size
