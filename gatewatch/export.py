@@ -95,7 +95,9 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """The header, then each page as the store builds it. Each page is read in a worker thread
     while the previous one is being sent."""
-    yield header(columns, fmt)
+    first = header(columns, fmt)
+    if first:
+        yield first
     pages = store.export_pages(
         scope, query, columns, fmt, page_size, usd_rate=currency.usd_rate, currency=currency.code
     )
