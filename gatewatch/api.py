@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ulid import ULID
 
-from gatewatch import export
+from gatewatch import export, usage
 from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
 from gatewatch.controls import Controls
 from gatewatch.controls.breaker import CircuitBreakers
@@ -22,6 +22,7 @@ from gatewatch.controls.periods import window
 from gatewatch.records import format_ts
 from gatewatch.settings import Settings
 from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filters
+from gatewatch.store.rollups import DIMENSIONS
 
 __all__ = ["ApiError", "create_api"]
 
@@ -198,6 +199,57 @@ def create_api(
         page = await run(store.list_requests, ident.scope, query, limit, after_id)
         return {"count": page.count, "results": page.results, "next_after_id": page.next_after_id}
 
+    @app.get("/api/v1/requests/facets", summary="Values a request filter can take")
+    async def request_facets(
+        request: Request,
+        ident: Caller,
+        field: Annotated[str, Query(description=", ".join(usage.FACET_FIELDS))],
+        start: Annotated[str | None, Query(description="RFC 3339; default 30 days ago")] = None,
+        end: Annotated[str | None, Query(description="RFC 3339; default now")] = None,
+        limit: Annotated[int, Query(description="1-1000")] = 100,
+    ) -> dict[str, Any]:
+        return await analytics(usage.facets, ident, request)
+
+    @app.get("/api/v1/usage", summary="Usage time series per bucket and group (§A4)")
+    async def usage_series(
+        request: Request,
+        ident: Caller,
+        start: Annotated[str | None, Query(description="RFC 3339; default 7 days ago")] = None,
+        end: Annotated[str | None, Query(description="RFC 3339; default now")] = None,
+        bucket: Annotated[str, Query(description="hour | day | week | month")] = "day",
+        group_by: Annotated[
+            str | None, Query(description="Up to two of " + ", ".join(DIMENSIONS))
+        ] = None,
+        tz: Annotated[str, Query(description="IANA time zone of the buckets")] = "UTC",
+        top: Annotated[int | None, Query(description="Keep N groups; fold the rest")] = None,
+        currency: Annotated[str | None, Query(description="Display currency")] = None,
+        q: Annotated[str | None, Query(description="key:value filter string")] = None,
+    ) -> dict[str, Any]:
+        return await analytics(usage.usage, ident, request, settings.currency)
+
+    @app.get("/api/v1/usage/top", summary="Leaderboard of one dimension over a range")
+    async def usage_top(
+        request: Request,
+        ident: Caller,
+        dimension: Annotated[str, Query(description=", ".join(usage.TOP_DIMENSIONS))] = "user",
+        metric: Annotated[str, Query(description=", ".join(usage.TOP_METRICS))] = "cost_usd",
+        start: Annotated[str | None, Query(description="RFC 3339; default 30 days ago")] = None,
+        end: Annotated[str | None, Query(description="RFC 3339; default now")] = None,
+        limit: Annotated[int, Query(description="1-1000")] = 10,
+        currency: Annotated[str | None, Query(description="Display currency")] = None,
+        q: Annotated[str | None, Query(description="key:value filter string")] = None,
+    ) -> dict[str, Any]:
+        return await analytics(usage.top, ident, request, settings.currency)
+
+    async def analytics(fn: Any, ident: Identity, request: Request, *extra: Any) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = await asyncio.to_thread(
+                fn, store, ident.scope, request.query_params.multi_items(), *extra
+            )
+            return out
+        except usage.UsageError as exc:
+            raise ApiError(400, str(exc), exc.param) from None
+
     # before /api/v1/requests/{request_id}, which would take "export" for an id
     @app.get(
         "/api/v1/requests/export",
@@ -216,9 +268,9 @@ def create_api(
         if fmt not in export.FORMATS:
             raise ApiError(400, f"format: {fmt!r} is not one of csv, jsonl", "format")
         try:
-            money = export.choose_currency(settings.currency, currency)
+            money = usage.Currency.choose(settings.currency, currency)
             query = parse_filters(request.query_params.multi_items(), export.EXPORT_PARAMS, q)
-        except (export.ExportError, FilterError) as exc:
+        except (usage.UsageError, FilterError) as exc:
             raise ApiError(400, str(exc), exc.param) from None
         total = (await run(store.list_requests, ident.scope, query, 1, None)).count
         columns = export.export_columns(bodies)

@@ -12,18 +12,14 @@ import csv
 import io
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from gatewatch.records import COLUMNS
-from gatewatch.settings import CurrencySettings
 from gatewatch.store import RequestQuery, Scope, Store
+from gatewatch.usage import Currency
 
 __all__ = [
     "EXPORT_PARAMS",
     "FORMATS",
-    "Currency",
-    "ExportError",
-    "choose_currency",
     "export_columns",
     "filename",
     "header",
@@ -33,29 +29,6 @@ __all__ = [
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 # Query parameters of the export that are not record filters.
 EXPORT_PARAMS = ("format", "bodies", "currency", "q")
-
-
-class ExportError(ValueError):
-    """A bad export parameter; ``param`` names it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
-@dataclass(frozen=True, slots=True)
-class Currency:
-    code: str
-    usd_rate: float
-
-
-def choose_currency(configured: CurrencySettings, asked: str | None) -> Currency:
-    """The configured display currency, or USD; any other code has no known rate."""
-    if asked is None or asked.upper() == configured.code:
-        return Currency(configured.code, configured.usd_rate)
-    if asked.upper() == "USD":
-        return Currency("USD", 1.0)
-    raise ExportError("currency", f"{asked!r} has no rate configured; use {configured.code} or USD")
 
 
 def export_columns(bodies: bool) -> tuple[str, ...]:
@@ -99,7 +72,7 @@ async def stream(
     if first:
         yield first
     pages = store.export_pages(
-        scope, query, columns, fmt, page_size, usd_rate=currency.usd_rate, currency=currency.code
+        scope, query, columns, fmt, page_size, usd_rate=currency.rate, currency=currency.code
     )
     pending = asyncio.ensure_future(asyncio.to_thread(next, pages, b""))
     try:

@@ -87,9 +87,16 @@ class RunningGateway:
         return self.server.url
 
     def wait_records(self, timeout: float = 10.0) -> None:
-        """Block until every record the gateway queued is stored."""
+        """Block until every record the gateway queued is stored. A request whose response the
+        client already has may not have queued its record yet (that happens just after the last
+        byte is sent): wait for requests in flight too, for up to two seconds (a test may keep
+        a stream open on purpose)."""
         deadline = time.monotonic() + timeout
-        while self.gateway.writer.pending:
+        settle = time.monotonic() + 2.0
+        registry = self.gateway.metrics.registry
+        while self.gateway.writer.pending or (
+            time.monotonic() < settle and registry.get_sample_value("gatewatch_inflight_requests")
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError("records were not stored in time")
             time.sleep(0.01)

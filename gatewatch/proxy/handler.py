@@ -256,8 +256,8 @@ class ProxyHandler:
                 tokens = (rec.input_tokens or 0) + (rec.output_tokens or 0)
                 if not self.controls.settle_now(ticket, rec.cost_usd, tokens):
                     await self.controls.settle(ticket, rec.cost_usd, tokens)
-            self.metrics.inflight.dec()
             self._finish(rec, t0, upstream_time[0])
+            self.metrics.inflight.dec()  # after the record is queued (tests wait on both)
 
     @staticmethod
     def _client_gone(rec: Record) -> None:
