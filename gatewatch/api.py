@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ulid import ULID
 
-from gatewatch import export, usage
+from gatewatch import export, ui, usage
 from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
 from gatewatch.controls import Controls
 from gatewatch.controls.breaker import CircuitBreakers
@@ -138,10 +138,23 @@ def create_api(
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
 
+    dashboard = ui.DashboardAuth(ui.SessionSigner.from_settings(settings), store)
+    app.include_router(ui.create_ui_router(store, keys, controls, settings, dashboard))
+
     async def caller(request: Request) -> Identity:
         headers = {k.lower().encode(): v.encode("latin-1") for k, v in request.headers.items()}
         secret = secret_from_headers(headers)
-        if secret is None:
+        if secret is None:  # the dashboard's session cookie, if any (gatewatch.ui.session)
+            try:
+                ident = await dashboard.api_identity(
+                    request.method,
+                    request.cookies.get(ui.SESSION_COOKIE),
+                    request.headers.get(ui.CSRF_HEADER),
+                )
+            except ui.CsrfError as exc:
+                raise ApiError(403, str(exc)) from None
+            if ident is not None:
+                return ident
             raise ApiError(
                 401, "missing gateway key: send 'Authorization: Bearer gw-…' or 'x-api-key'"
             )

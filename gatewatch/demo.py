@@ -217,6 +217,7 @@ async def _serve(port: int, n_requests: int, database: str) -> None:
     while gateway.writer.pending:  # "recorded" below means stored
         await asyncio.sleep(0.01)
     print(f"  {answered} requests answered and recorded. Look at them:")
+    print(f"    in the dashboard: {url}/ui  (sign in with the admin key above)")
     print(f"    export GATEWATCH_URL={url} GATEWATCH_TOKEN={admin_key}")
     print("    gatewatch requests list")
     print(f"  or point an SDK at {url}/v1 (OpenAI) or {url} (Anthropic) with that key.")

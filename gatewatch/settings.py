@@ -207,6 +207,10 @@ class CurrencySettings(_Section):
 
 class Settings(_Section):
     admin_key: SecretStr | None = Field(default=None, description="Bootstrap key, owner role")
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs dashboard session cookies (default: derived from admin_key)",
+    )
     database: str = Field(default="sqlite:///gatewatch.db", description="sqlite:///path")
     redis: str | None = Field(default=None, description="Shared counters (several workers/nodes)")
     analytics: str | None = Field(default=None, description="clickhouse://… for records at scale")
