@@ -195,18 +195,45 @@ def hist_add(a: bytes | None, b: bytes | None) -> bytes:
     return encode(merged)
 
 
+def _sum_blobs(blobs: list[bytes]) -> npt.NDArray[np.uint64]:
+    """The sum of many histogram blobs, decoded all at once (a Python step per blob would cost
+    more than the rest of a usage query)."""
+    total = np.zeros(HIST_BINS, np.uint64)
+    dense = [b for b in blobs if len(b) == _DENSE_BYTES]
+    if dense:
+        total += np.frombuffer(b"".join(dense), _U4).reshape(-1, HIST_BINS).sum(0, np.uint64)
+    sparse = [b for b in blobs if len(b) != _DENSE_BYTES]
+    if sparse:
+        raw = np.frombuffer(b"".join(sparse), np.uint8)
+        lens = np.fromiter(map(len, sparse), np.int64, len(sparse))
+        m = lens // 5  # entries per blob: m bin bytes, then m uint32 counts
+        starts = np.cumsum(lens) - lens
+        blob = np.repeat(np.arange(len(sparse)), m)
+        nth = np.arange(int(m.sum())) - np.repeat(np.cumsum(m) - m, m)
+        bins = raw[starts[blob] + nth]
+        at = starts[blob] + m[blob] + 4 * nth
+        counts = (
+            raw[at].astype(np.uint64)
+            | raw[at + 1].astype(np.uint64) << np.uint64(8)
+            | raw[at + 2].astype(np.uint64) << np.uint64(16)
+            | raw[at + 3].astype(np.uint64) << np.uint64(24)
+        )
+        total += np.bincount(bins, weights=counts, minlength=HIST_BINS).astype(np.uint64)
+    return total
+
+
 class _HistSum:
     """SQL aggregate gw_hist_sum(hist): the merged histogram of a group."""
 
     def __init__(self) -> None:
-        self.dense = np.zeros(HIST_BINS, np.uint64)
+        self.blobs: list[bytes] = []
 
     def step(self, blob: bytes | None) -> None:
         if blob:
-            self.dense += _dense(blob)
+            self.blobs.append(blob)
 
     def finalize(self) -> bytes:
-        return _encode_dense(self.dense)
+        return _encode_dense(_sum_blobs(self.blobs))
 
 
 class _HistRaw:
