@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 import gc
 import logging
-
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import os
 
 from gatewatch.api import create_api
 from gatewatch.auth import ADMIN_KEY_ID, KeyCache, hash_key
 from gatewatch.controls import Controls
-from gatewatch.controls.breaker import STATE_VALUES, CircuitBreakers
+from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.metrics import Metrics
+from gatewatch.metrics_endpoint import MetricsEndpoint
 from gatewatch.pricing import PriceBook, warm_price_table
 from gatewatch.proxy.handler import (
     ASGIScope,
@@ -34,10 +34,13 @@ log = logging.getLogger("gatewatch")
 
 
 class Gateway:
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store | None = None, metrics_dir: str | None = None
+    ) -> None:
         self.settings = settings
         self.store = store or open_store(settings.database)
-        self.metrics = Metrics()
+        m = settings.metrics
+        self.metrics = Metrics(org=m.org, per_user=m.per_user, per_key=m.per_key)
         self.keys = KeyCache(self.store)
         secrets = [p.api_key.get_secret_value() for p in settings.providers if p.api_key]
         if settings.admin_key is not None:
@@ -59,6 +62,7 @@ class Gateway:
             settings, self.keys, self.writer, self.metrics, PriceBook(settings.prices),
             self.controls, self.breakers,
         )  # fmt: skip
+        self.metrics_endpoint = MetricsEndpoint(self.metrics, m, self.breakers, metrics_dir)
         self.api = create_api(self.store, self.keys, self.controls, self.breakers, settings)
         self.retention = Retention(
             self.store,
@@ -91,6 +95,9 @@ class Gateway:
         await self.proxy.start()
         self._tasks.append(asyncio.create_task(self.keys.watch()))
         self._tasks.append(asyncio.create_task(self.retention.loop()))
+        snapshots = await self.metrics_endpoint.start()
+        if snapshots is not None:
+            self._tasks.append(snapshots)
         self.started = True
         # Everything built so far lives as long as the process: keep it out of the collector's
         # generations so collections stay short (long GC pauses show up as p99 latency).
@@ -121,6 +128,7 @@ class Gateway:
         else:
             log.info("stored %d pending record(s) before exit", pending)
         await asyncio.to_thread(self.store.close)
+        self.metrics_endpoint.close()
 
     async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -131,20 +139,7 @@ class Gateway:
                 await self.proxy(scope, receive, send, *matched)
                 return
             if path == "/metrics":
-                for row in self.breakers.snapshot():
-                    provider, _, model = row["target"].partition("/")
-                    self.metrics.circuit_state.labels(provider, model).set(
-                        STATE_VALUES[row["state"]]
-                    )
-                body = generate_latest(self.metrics.registry)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode())],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await self.metrics_endpoint(scope, send)
                 return
             await self.api(scope, receive, send)
         elif kind == "lifespan":
@@ -171,12 +166,14 @@ class Gateway:
                 return
 
 
-def create_app(settings: Settings) -> Gateway:
-    return Gateway(settings)
+def create_app(settings: Settings, metrics_dir: str | None = None) -> Gateway:
+    """``metrics_dir``: the directory the workers of ``serve --workers N`` share their metrics
+    through (gatewatch/metrics_endpoint.py)."""
+    return Gateway(settings, metrics_dir=metrics_dir)
 
 
 def app_from_environment() -> Gateway:
     """The factory ``gatewatch serve --workers N`` gives each worker process."""
     from gatewatch.settings import load_settings
 
-    return create_app(load_settings())
+    return create_app(load_settings(), os.environ.get("GATEWATCH_METRICS_DIR"))

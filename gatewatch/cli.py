@@ -134,9 +134,20 @@ def _run_server(settings: Any, host: str, port: int, workers: int, config: str |
         timeout_graceful_shutdown=30,
     )
     if workers > 1:
+        import shutil
+        import tempfile
+
         if config:
             os.environ["GATEWATCH_CONFIG"] = os.path.abspath(config)
-        uvicorn.run("gatewatch.app:app_from_environment", factory=True, workers=workers, **common)
+        # the workers add up their metrics through this directory (docs/monitoring.md)
+        metrics_dir = tempfile.mkdtemp(prefix="gatewatch-metrics-")
+        os.environ["GATEWATCH_METRICS_DIR"] = metrics_dir
+        try:
+            uvicorn.run(
+                "gatewatch.app:app_from_environment", factory=True, workers=workers, **common
+            )
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     else:
         from gatewatch.app import create_app
 

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "CurrencySettings",
     "LimitsSettings",
+    "MetricsSettings",
     "OrgRetention",
     "PriceOverride",
     "ProviderSettings",
@@ -205,6 +206,22 @@ class CurrencySettings(_Section):
         return v.upper()
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics`` (§O1): who may read it and which caller labels it carries."""
+
+    token: SecretStr | None = Field(
+        default=None,
+        description="When set, /metrics answers 401 without 'Authorization: Bearer <token>'",
+    )
+    org: bool = Field(default=True, description="An org label on request, token and cost metrics")
+    per_user: bool = Field(
+        default=False, description="A user label on the counters (one series per user)"
+    )
+    per_key: bool = Field(
+        default=False, description="A key label on the counters (one series per gateway key)"
+    )
+
+
 class Settings(_Section):
     admin_key: SecretStr | None = Field(default=None, description="Bootstrap key, owner role")
     session_secret: SecretStr | None = Field(
@@ -218,6 +235,7 @@ class Settings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     currency: CurrencySettings = Field(default_factory=CurrencySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
     providers: list[ProviderSettings] = Field(default_factory=list)
     models: dict[str, list[str]] | None = Field(

@@ -211,10 +211,15 @@ class Controls:
                 ticket, "admit", budgets, amount, rate_checks, tokens, ticket.rate_state
             )
         if isinstance(result, BudgetRefusal):
-            self.metrics.budget_rejections.inc()
+            self.metrics.budget_rejected(
+                result.check.scope, ident.org_name, ident.user_name, ident.key_name
+            )
             raise self._budget_error(result)
         if isinstance(result, RateRefusal):
-            self.metrics.rate_limited.inc()
+            check = result.check
+            self.metrics.rate_limit_refused(
+                check.scope, check.kind, ident.org_name, ident.user_name, ident.key_name
+            )
             raise self._rate_error(result)
         if budgets:
             ticket.reservation = result

@@ -169,7 +169,6 @@ class ProxyHandler:
             )
             for p in settings.providers
         }
-        self._request_counters: dict[tuple[str, str, int], Any] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
@@ -705,7 +704,6 @@ class ProxyHandler:
         self._account(rec, target, reader.usage)
         if self.keep_content:
             rec.response_body = reader.message()
-        self.metrics.ttft.observe((rec.ttft_ms or 0) / 1000)
 
     async def _models(
         self,
@@ -770,24 +768,4 @@ class ProxyHandler:
         elapsed = time.perf_counter() - t0
         rec.ended = rec.started + elapsed
         self.writer.submit(rec)
-        m = self.metrics
-        key = (rec.provider or "", rec.model or rec.model_requested or "", rec.status_code)
-        counter = self._request_counters.get(key)
-        if counter is None:
-            counter = m.requests.labels(key[0], key[1], str(key[2]))
-            if len(self._request_counters) < 10_000:
-                self._request_counters[key] = counter
-        counter.inc()
-        m.duration.observe(elapsed)
-        m.overhead.observe(max(elapsed - upstream_seconds, 0.0))
-        if rec.input_tokens or rec.output_tokens:
-            m.tokens.labels(key[0], key[1], "input").inc(rec.input_tokens or 0)
-            m.tokens.labels(key[0], key[1], "output").inc(rec.output_tokens or 0)
-            if rec.cache_read_tokens:
-                m.tokens.labels(key[0], key[1], "cache_read").inc(rec.cache_read_tokens)
-            if rec.cache_write_tokens:
-                m.tokens.labels(key[0], key[1], "cache_write").inc(rec.cache_write_tokens)
-            if rec.reasoning_tokens:
-                m.tokens.labels(key[0], key[1], "reasoning").inc(rec.reasoning_tokens)
-        if rec.cost_usd:
-            m.cost.labels(key[0], key[1]).inc(rec.cost_usd)
+        self.metrics.observe_request(rec, elapsed, max(elapsed - upstream_seconds, 0.0))
