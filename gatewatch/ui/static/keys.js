@@ -5,6 +5,7 @@
 (() => {
   const { h } = GW;
   let spend = { keys: {}, users: {}, orgs: {} };
+  let generation = 0;
 
   async function listAll(kind) {
     const rows = [];
@@ -87,9 +88,11 @@
   }
 
   async function load() {
+    const mine = ++generation;
     const [keys, users, orgs, budgets] = await Promise.all([
       listAll("keys"), listAll("users"), listAll("orgs"), fetch("/ui/data/budgets", { credentials: "same-origin" }).then((r) => r.json()),
     ]);
+    if (mine !== generation) return;
     spend = budgets;
     const showRevoked = document.getElementById("show-revoked").checked;
     const visible = (rows) => rows.filter((r) => showRevoked || !r.revoked);
@@ -107,7 +110,7 @@
       h("td", { text: o.name }), h("td", {}, budgetBar(o, "orgs")),
       h("td", { class: "num", text: limit(o.rpm) }), h("td", { class: "num", text: limit(o.tpm) }), actions("orgs", o),
     ]);
-    document.body.dataset.loaded = "1";
+    document.body.dataset.loaded = String(mine);
   }
 
   async function create(e) {
