@@ -17,12 +17,18 @@ const Charts = (() => {
     return el;
   }
 
+  // integer: the axis steps by whole numbers (requests and tokens come in ones)
   const UNITS = {
     money: { title: () => GW.currency, tick: (v) => axisMoney(v), value: (v) => GW.money(v) },
-    tokens: { title: () => "tokens", tick: (v) => GW.compact(v), value: (v) => GW.tokens(v) },
-    requests: { title: () => "requests", tick: (v) => GW.compact(v), value: (v) => GW.count(v) },
-    ms: { title: () => "ms", tick: (v) => GW.compact(v), value: (v) => GW.ms(v) },
+    tokens: { title: () => "tokens", tick: axisNumber, value: (v) => GW.tokens(v), integer: true },
+    requests: { title: () => "requests", tick: axisNumber, value: (v) => GW.count(v), integer: true },
+    ms: { title: () => "ms", tick: axisNumber, value: (v) => GW.ms(v) },
   };
+
+  function axisNumber(v) {
+    if (Math.abs(v) >= 1e4 || Number.isInteger(v)) return GW.compact(v);
+    return String(Number(v.toPrecision(3)));
+  }
 
   function axisMoney(v) {
     if (v === 0) return "0";
@@ -33,11 +39,12 @@ const Charts = (() => {
   }
 
   // 0 and about five "nice" steps up to at least max
-  function niceTicks(max) {
+  function niceTicks(max, integer) {
     if (!(max > 0)) return [0, 1];
     const raw = max / 5;
     const mag = 10 ** Math.floor(Math.log10(raw));
-    const step = [1, 2, 2.5, 5, 10].map((f) => f * mag).find((x) => x >= raw);
+    const factors = integer ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+    const step = Math.max(integer ? 1 : 0, factors.map((f) => f * mag).find((x) => x >= raw));
     const ticks = [];
     for (let v = 0; v < max + step * 0.999; v += step) ticks.push(Number(v.toPrecision(12)));
     return ticks;
@@ -91,7 +98,7 @@ const Charts = (() => {
       const vals = series.map((x) => x.values[i] || 0);
       max = Math.max(max, spec.kind === "bar" ? vals.reduce((a, b) => a + b, 0) : Math.max(...vals, 0));
     }
-    const ticks = niceTicks(max);
+    const ticks = niceTicks(max, unit.integer);
     const top = ticks[ticks.length - 1];
     const y = (v) => M.top + ih - (v / top) * ih;
     const svg = s("svg", { viewBox: `0 0 ${width} ${HEIGHT}`, height: HEIGHT, role: "img",

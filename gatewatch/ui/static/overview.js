@@ -25,7 +25,7 @@
       card.querySelector(".kpi-value").textContent = k.fmt(v);
       card.dataset.value = v ?? "";
       const delta = card.querySelector(".kpi-delta");
-      let text = "nothing in the previous period";
+      let text = "none in the previous period";
       let cls = "delta-flat";
       if (v !== null && p !== null && p !== undefined && (p !== 0 || v === 0)) {
         if (k.ratio) {
