@@ -28,6 +28,6 @@
       box.replaceChildren(emptyState("Alerts are not configured",
         "This gateway has no alert rules yet: alerting (budget thresholds, error rate, latency, spend rate, silence) is not part of this version. Budget use per key, user and organization is on the Keys & budgets page."));
     }
-    document.body.dataset.loaded = "1";
+    GW.loaded(1);
   });
 })();

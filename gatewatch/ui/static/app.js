@@ -249,6 +249,13 @@ const GW = (() => {
     })).catch(showError);
   }
 
+  // Every page calls this once its data is drawn: tests wait for it, and bench/ui_bench.py
+  // reads the "gw-loaded" mark (milliseconds since the navigation started).
+  function loaded(generation) {
+    performance.mark("gw-loaded");
+    document.body.dataset.loaded = String(generation);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     keepOrgLinks();
     themeToggle();
@@ -256,5 +263,5 @@ const GW = (() => {
   });
 
   return { h, money, compact, count, tokens, ms, pct, when, params, setParams, range, filters,
-    api, ApiError, showError, filterBar, org, me, currency, usdRate, tz, keepOrgLinks };
+    api, ApiError, showError, filterBar, org, me, currency, usdRate, tz, keepOrgLinks, loaded };
 })();

@@ -182,7 +182,7 @@
         h("pre", { class: "raw", id: "raw-json", text: JSON.stringify(rec, null, 2) }))),
     );
     document.title = `${rec.model || "Request"} · ${rec.status} · gatewatch`;
-    document.body.dataset.loaded = "1";
+    GW.loaded(1);
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
@@ -193,6 +193,7 @@
       render(await GW.api(`/api/v1/requests/${encodeURIComponent(el.dataset.requestId)}`));
     } catch (err) {
       el.replaceChildren(h("div", { class: "empty big" }, h("h1", { text: "Request not found" }), h("p", { text: err.message })));
+      GW.loaded(1);
     }
   });
 })();

@@ -110,7 +110,7 @@
       h("td", { text: o.name }), h("td", {}, budgetBar(o, "orgs")),
       h("td", { class: "num", text: limit(o.rpm) }), h("td", { class: "num", text: limit(o.tpm) }), actions("orgs", o),
     ]);
-    document.body.dataset.loaded = String(mine);
+    GW.loaded(mine);
   }
 
   async function create(e) {

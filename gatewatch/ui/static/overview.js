@@ -180,7 +180,7 @@
     headline(cur.totals, prev.totals, r);
     charts(cur, spend, r);
     leaderboards(users, models, clients);
-    document.body.dataset.loaded = String(mine);
+    GW.loaded(mine);
   }
 
   const reload = () => load().catch(GW.showError);

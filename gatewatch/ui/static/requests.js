@@ -75,7 +75,7 @@
       GW.setParams({ after_id: null, prev: null }, { push: true });
       reload();
     };
-    document.body.dataset.loaded = String(mine);
+    GW.loaded(mine);
   }
 
   function reload() { load().catch(GW.showError); }
