@@ -17,8 +17,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "ALERT_DIMENSIONS",
+    "AlertRule",
+    "AlertSettings",
+    "AlertWebhook",
     "BudgetSettings",
     "CircuitBreakerSettings",
     "ConfigError",
@@ -140,6 +145,178 @@ class CircuitBreakerSettings(_Section):
         return parse_duration(v)
 
 
+# ---- alerts (§N) -----------------------------------------------------------------------------
+
+# What an alert rule may filter or split by: dimensions the usage rollups keep.
+ALERT_DIMENSIONS = ("provider", "model", "org", "user", "api_key", "client", "workflow",
+                    "end_user", "tag")  # fmt: skip
+_ALERT_NAME = r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$"
+# type → (fields it needs, fields it may have), and the default window of windowed types
+_RULE_FIELDS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
+    "budget": (("scope", "threshold"), frozenset({"scope", "threshold"})),
+    "error_rate": (("threshold",), frozenset({"threshold", "window", "min_requests", "filter",
+                                              "per"})),
+    "latency_p95": (("threshold_ms",), frozenset({"threshold_ms", "window", "min_requests",
+                                                  "filter", "per"})),
+    "spend_rate": (("threshold_usd",), frozenset({"threshold_usd", "window", "filter", "per"})),
+    "no_traffic": ((), frozenset({"window", "filter"})),
+}  # fmt: skip
+_WINDOW_DEFAULT = {"error_rate": 300.0, "latency_p95": 300.0, "spend_rate": 3600.0,
+                   "no_traffic": 1800.0}  # fmt: skip
+_MIN_REQUESTS_DEFAULT = 10
+_WINDOW_RANGE = (10.0, 7 * 86400.0)
+
+
+def _rule_error(field: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError("alert_rule", f"{field}: {message}", {"field": field})
+
+
+class AlertWebhook(_Section):
+    name: str = Field(pattern=_ALERT_NAME, max_length=100, description="Named by rules' notify")
+    url: SecretStr = Field(description="http(s) URL the alert is POSTed to (kept secret)")
+    format: Literal["slack", "json"] = Field(
+        default="json", description="slack: {'text': …}; json: the alert's fields"
+    )
+    timeout: float = Field(default=5.0, gt=0, description="Seconds one delivery attempt may take")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra request headers (e.g. Authorization)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class AlertRule(_Section):
+    """One alert rule, from the configuration or from ``POST /api/v1/alerts/rules``."""
+
+    name: str = Field(pattern=_ALERT_NAME, max_length=100)
+    type: Literal["budget", "error_rate", "latency_p95", "spend_rate", "no_traffic"]
+    scope: Literal["key", "user", "org"] | None = Field(
+        default=None, description="budget: whose budgets (every key, user or org with one)"
+    )
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        description="budget: share of the budget used (0.8 = 80 %); error_rate: errors/requests",
+    )
+    threshold_ms: float | None = Field(default=None, gt=0, description="latency_p95: milliseconds")
+    threshold_usd: float | None = Field(default=None, gt=0, description="spend_rate: USD")
+    window: float | None = Field(default=None, description="Evaluated over the last window")
+    min_requests: int | None = Field(
+        default=None, ge=1, description="error_rate, latency_p95: fewer requests never fire"
+    )
+    filter: dict[str, list[str]] = Field(
+        default_factory=dict, description="Dimension → value(s) the traffic must match"
+    )
+    per: list[str] = Field(
+        default_factory=list, description="Dimensions that split the traffic into subjects"
+    )
+    org: str | None = Field(
+        default=None, description="Only this organization's traffic, budgets and alert history"
+    )
+    notify: list[str] = Field(default_factory=list, description="Webhook names")
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float | None:
+        return None if v is None else parse_duration(v)
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: [x] if isinstance(x, str) else x for k, x in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> AlertRule:
+        needed, allowed = _RULE_FIELDS[self.type]
+        for field in ("scope", "threshold", "threshold_ms", "threshold_usd", "window",
+                      "min_requests", "filter", "per"):  # fmt: skip
+            if getattr(self, field) not in (None, {}, []) and field not in allowed:
+                raise _rule_error(field, f"not used by {self.type} rules")
+        for field in needed:
+            if getattr(self, field) is None:
+                raise _rule_error(field, f"needed by {self.type} rules")
+        if self.type == "error_rate" and self.threshold is not None and self.threshold > 1:
+            raise _rule_error("threshold", "an error rate is a share between 0 and 1")
+        if self.type != "budget":
+            if self.window is None:
+                self.window = _WINDOW_DEFAULT[self.type]
+            lo, hi = _WINDOW_RANGE
+            if not lo <= self.window <= hi:
+                raise _rule_error("window", "must be between 10s and 7d")
+        if self.type in ("error_rate", "latency_p95") and self.min_requests is None:
+            self.min_requests = _MIN_REQUESTS_DEFAULT
+        for dim, values in self.filter.items():
+            if dim not in ALERT_DIMENSIONS:
+                raise _rule_error(f"filter.{dim}", f"not one of {', '.join(ALERT_DIMENSIONS)}")
+            if not values or any(not v for v in values):
+                raise _rule_error(f"filter.{dim}", "needs a non-empty value")
+        for dim in self.per:
+            if dim not in ALERT_DIMENSIONS:
+                raise _rule_error("per", f"{dim!r} is not one of {', '.join(ALERT_DIMENSIONS)}")
+        if len(set(self.per)) != len(self.per) or len(self.per) > 2:
+            raise _rule_error("per", "at most two different dimensions")
+        # the usage rollups keep tag and end_user only beside org and user
+        dims = {*self.filter, *self.per}
+        for special in ("tag", "end_user"):
+            if special in dims and dims - {special, "org", "user"}:
+                raise _rule_error(
+                    "filter" if special in self.filter else "per",
+                    f"{special} combines only with org and user",
+                )
+        return self
+
+
+class AlertSettings(_Section):
+    interval: float = Field(default=30.0, gt=0, description="Seconds between rule evaluations")
+    base_url: str | None = Field(
+        default=None, description="The gateway's external URL, for links in alert messages"
+    )
+    webhooks: list[AlertWebhook] = Field(default_factory=list)
+    rules: list[AlertRule] = Field(default_factory=list)
+    max_attempts: int = Field(default=6, ge=1, le=50, description="Tries per delivery")
+    backoff: float = Field(default=2.0, ge=0, description="Wait before the first retry (doubles)")
+    max_backoff: float = Field(default=300.0, ge=0, description="Longest wait between retries")
+    queue_size: int = Field(
+        default=1000, ge=1, description="Deliveries waiting to be sent before new ones are dropped"
+    )
+
+    @field_validator("interval", "backoff", "max_backoff", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _names(self) -> AlertSettings:
+        hooks = [w.name for w in self.webhooks]
+        for i, name in enumerate(hooks):
+            if name in hooks[:i]:
+                raise _rule_error(f"webhooks[{i}].name", f"{name!r} is used twice")
+        names: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in names:
+                raise _rule_error(f"rules[{i}].name", f"{rule.name!r} is used twice")
+            names.add(rule.name)
+            for hook in rule.notify:
+                if hook not in hooks:
+                    known = ", ".join(hooks) or "none configured"
+                    raise _rule_error(
+                        f"rules[{i}].notify", f"no webhook named {hook!r} (webhooks: {known})"
+                    )
+        return self
+
+
 class BudgetSettings(_Section):
     timezone: str = Field(default="UTC", description="IANA zone of the calendar budget periods")
     default_output_tokens: int = Field(
@@ -237,6 +414,7 @@ class Settings(_Section):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     circuit_breaker: CircuitBreakerSettings = Field(default_factory=CircuitBreakerSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     providers: list[ProviderSettings] = Field(default_factory=list)
     models: dict[str, list[str]] | None = Field(
         default=None, description="Model name → ordered 'provider/model' failover targets"
@@ -351,6 +529,9 @@ def _format_validation_error(exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "alert_rule":  # an alert setting's own check names the field
+            field = str(err.get("ctx", {}).get("field", ""))
+            loc, msg = f"{loc}.{field}" if loc else field, msg.removeprefix(f"{field}: ")
         lines.append(f"{loc or 'config'}: {msg}")
     return "; ".join(lines)
 

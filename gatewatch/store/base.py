@@ -183,6 +183,57 @@ class Store(abc.ABC):
         self, scope: Scope, filters: dict[str, str], limit: int, after_id: str | None
     ) -> Page: ...
 
+    # alerts (§N)
+    @abc.abstractmethod
+    def budget_holders(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        """Every key, user and org in force with a budget (of one org, when given): scope, id,
+        name, org_id, budget_usd, budget_period."""
+
+    @abc.abstractmethod
+    def alert_rules(self) -> list[dict[str, Any]]:
+        """Rules made through the API: id, org_id, name, type, spec (the rule's fields)."""
+
+    @abc.abstractmethod
+    def add_alert_rule(
+        self, org_id: str | None, spec: dict[str, Any], created_by: str, at: float
+    ) -> dict[str, Any]:
+        """Raises StoreError when the org (or, org_id None, the global set) has that name."""
+
+    @abc.abstractmethod
+    def delete_alert_rule(self, rule_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def open_alert_events(self) -> list[dict[str, Any]]:
+        """Firings not resolved yet (with their ``subject_key`` and deliveries)."""
+
+    @abc.abstractmethod
+    def add_alert_event(
+        self, event: dict[str, Any], webhooks: Sequence[tuple[str, str]], at: float
+    ) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def update_alert_delivery(
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        attempts: int,
+        at: float,
+        status_code: int | None = None,
+        error: str | None = None,
+    ) -> None: ...
+
+    @abc.abstractmethod
+    def unsent_alert_deliveries(self, since: float) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def list_alert_events(
+        self, scope: Scope, filters: dict[str, str], limit: int, after_id: str | None
+    ) -> Page: ...
+
+    @abc.abstractmethod
+    def get_alert_event(self, scope: Scope, event_id: str) -> dict[str, Any] | None: ...
+
     # identities
     @abc.abstractmethod
     def identity_for_hash(self, key_hash: str) -> Identity | None: ...

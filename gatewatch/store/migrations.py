@@ -137,12 +137,55 @@ def m005_leases(db: sqlite3.Connection) -> None:
     )
 
 
+def m006_alerts(db: sqlite3.Connection) -> None:
+    """Alerts (§N): rules made through the API, firings and resolutions, webhook deliveries."""
+    db.executescript(
+        """
+        CREATE TABLE alert_rules (
+            id TEXT PRIMARY KEY,
+            org_id TEXT,                       -- NULL: a rule over every organization
+            name TEXT NOT NULL, type TEXT NOT NULL,
+            spec TEXT NOT NULL,                -- the rule as JSON (settings.AlertRule)
+            created_at TEXT NOT NULL, created_by TEXT
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX alert_rules_name ON alert_rules(coalesce(org_id, ''), name);
+        -- One row per firing and one per resolution (firing_id: the firing it ends).
+        CREATE TABLE alert_events (
+            id TEXT PRIMARY KEY,
+            rule_id TEXT NOT NULL, rule TEXT NOT NULL, type TEXT NOT NULL,
+            org_id TEXT,                       -- whose history it is; NULL: owners only
+            subject_key TEXT NOT NULL, subject TEXT NOT NULL, subject_id TEXT,
+            state TEXT NOT NULL,               -- firing | resolved
+            value REAL, threshold REAL,
+            started_at TEXT NOT NULL, resolved_at TEXT,
+            firing_id TEXT, message TEXT NOT NULL, details TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX alert_events_open ON alert_events(rule_id, subject_key)
+            WHERE state = 'firing' AND resolved_at IS NULL;
+        CREATE INDEX alert_events_org ON alert_events(org_id, id);
+        CREATE INDEX alert_events_rule ON alert_events(rule, id);
+        CREATE TABLE alert_deliveries (
+            id TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL, webhook TEXT NOT NULL, format TEXT NOT NULL,
+            status TEXT NOT NULL,              -- pending | retrying | delivered | failed | dropped
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_status_code INTEGER, last_error TEXT,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, delivered_at TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX alert_deliveries_event ON alert_deliveries(event_id);
+        CREATE INDEX alert_deliveries_unsent ON alert_deliveries(id)
+            WHERE status IN ('pending', 'retrying');
+        """
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_identities", m001_identities),
     ("m002_requests", m002_requests),
     ("m003_billing", m003_billing),
     ("m004_rollups", m004_rollups),
     ("m005_leases", m005_leases),
+    ("m006_alerts", m006_alerts),
 ]
 
 

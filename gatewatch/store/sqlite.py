@@ -14,6 +14,7 @@ from ulid import ULID
 
 from gatewatch.records import COLUMNS, Record, format_ts, new_id, parse_ts
 from gatewatch.store import rollups
+from gatewatch.store._sqlite_alerts import AlertsMixin
 from gatewatch.store._sqlite_export import export_select
 from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError
 from gatewatch.store.migrations import apply_migrations
@@ -235,7 +236,7 @@ def _body(text: str | None) -> Any:
         return text
 
 
-class SQLiteStore(Store):
+class SQLiteStore(AlertsMixin, Store):
     def __init__(self, path: str) -> None:
         self.path = path
         if path != ":memory:":
