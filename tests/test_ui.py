@@ -355,6 +355,30 @@ def test_overview_shows_exactly_the_traffic(
     ctx.close()
 
 
+def test_the_errors_bar_leads_to_what_the_failing_request_said(
+    browser: Browser, traffic: Traffic
+) -> None:
+    gw = traffic.gw
+    ctx = _context(browser)
+    page = _sign_in(ctx, gw, gw.admin_key, "/ui?range=24h")
+    _loaded(page)
+    red = page.locator('#chart-requests rect[fill="#e15759"]')
+    assert red.count() == 1  # one bucket with failures
+    box = red.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_url("**/ui/requests?**status=error**")
+    _loaded(page)
+    (failed,) = traffic.of(status="error")
+    rows = page.locator("#log tbody tr")
+    assert rows.count() == 1 and rows.first.get_attribute("data-id") == failed["id"]
+    rows.first.click()
+    page.wait_for_url(f"**/ui/requests/{failed['id']}")
+    _loaded(page)
+    assert "This one is going to fail badly" in page.locator("#prompt").inner_text()
+    ctx.close()
+
+
 def test_org_switcher_scopes_everything(browser: Browser, traffic: Traffic) -> None:
     gw = traffic.gw
     ctx = _context(browser)

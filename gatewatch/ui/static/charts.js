@@ -175,7 +175,21 @@ const Charts = (() => {
       tooltipAt(ev, bucketLabel(spec.labels[i], spec.bucket, false), rows, total);
     });
     overlay.addEventListener("mouseleave", () => { guide.setAttribute("visibility", "hidden"); hideTooltip(); });
-    if (spec.onClick) overlay.addEventListener("click", (ev) => n && spec.onClick(index(ev)));
+    // a click gives the bucket and, on stacked bars, the series under the pointer
+    const seriesAt = (ev, i) => {
+      const box = svg.getBoundingClientRect();
+      const v = ((M.top + ih - ((ev.clientY - box.top) / box.height) * HEIGHT) / ih) * top;
+      let sum = 0;
+      return series.findIndex((x) => (sum += x.values[i] || 0) >= v && (x.values[i] || 0) > 0);
+    };
+    if (spec.onClick) {
+      overlay.addEventListener("click", (ev) => {
+        if (!n) return;
+        const i = index(ev);
+        const k = spec.kind === "bar" ? seriesAt(ev, i) : -1;
+        spec.onClick(i, k >= 0 ? series[k].name : null);
+      });
+    }
     svg.append(guide, overlay);
     el.append(svg);
 

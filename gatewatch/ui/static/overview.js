@@ -96,7 +96,7 @@
         { name: "ok", values: pts.map((p) => p.requests - p.errors), color: "#4e79a7" },
         { name: "errors", values: pts.map((p) => p.errors), color: "#e15759" },
       ],
-      onClick: (i) => openLog(cur, i, pts[i].errors ? { status: "error" } : {}),
+      onClick: (i, name) => openLog(cur, i, name === "errors" ? { status: "error" } : {}),
     });
     Charts.draw(document.getElementById("chart-latency"), {
       title: "latency", kind: "line", unit: "ms", labels, bucket: r.bucket,
