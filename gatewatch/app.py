@@ -27,6 +27,7 @@ from gatewatch.proxy.handler import (
 from gatewatch.retention import Retention
 from gatewatch.settings import Settings
 from gatewatch.store import RecordWriter, Scope, Store, open_store
+from gatewatch.tracing import Tracing
 
 __all__ = ["Gateway", "app_from_environment", "create_app"]
 
@@ -58,9 +59,10 @@ class Gateway:
         self.breakers = CircuitBreakers.from_settings(settings.circuit_breaker)
         for targets in (settings.models or {}).values():
             self.breakers.register(targets)
+        self.tracing = Tracing.from_environment(settings)  # None without OTEL_* endpoint
         self.proxy = ProxyHandler(
             settings, self.keys, self.writer, self.metrics, PriceBook(settings.prices),
-            self.controls, self.breakers,
+            self.controls, self.breakers, self.tracing,
         )  # fmt: skip
         self.metrics_endpoint = MetricsEndpoint(self.metrics, m, self.breakers, metrics_dir)
         self.api = create_api(self.store, self.keys, self.controls, self.breakers, settings)
@@ -93,6 +95,8 @@ class Gateway:
             self.controls.use_redis(self.settings.redis)
         self.writer.start()
         await self.proxy.start()
+        if self.tracing is not None:
+            await self.tracing.start()
         self._tasks.append(asyncio.create_task(self.keys.watch()))
         self._tasks.append(asyncio.create_task(self.retention.loop()))
         snapshots = await self.metrics_endpoint.start()
@@ -116,6 +120,8 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.proxy.close()
+        if self.tracing is not None:
+            await self.tracing.close()
         await self.controls.close()
         pending = self.writer.pending
         await asyncio.to_thread(self.writer.close, self.settings.shutdown_timeout)

@@ -87,6 +87,8 @@ class Attempt:
     status_code: int | None
     reason: str  # ok | connect_error | timeout | rate_limited | upstream_5xx | upstream_4xx | …
     duration_ms: float
+    started: float = 0.0  # Unix seconds; set (with span_id) only when tracing is on
+    span_id: int = 0  # the attempt's OpenTelemetry span id, sent upstream in ``traceparent``
 
 
 @dataclass(slots=True)
@@ -130,6 +132,7 @@ class Record:
     attempts: list[Attempt] = field(default_factory=list)
     request_body: Any = None  # parsed JSON (secrets never included)
     response_body: Any = None  # parsed JSON, or the reassembled streamed message
+    trace: Any = None  # gatewatch.tracing.Trace while OpenTelemetry export is on (never stored)
 
     @property
     def duration_ms(self) -> float:

@@ -36,6 +36,7 @@ __all__ = [
     "RateLimitSettings",
     "RetentionSettings",
     "Settings",
+    "TracingSettings",
     "load_settings",
     "parse_duration",
 ]
@@ -399,6 +400,17 @@ class MetricsSettings(_Section):
     )
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry export is configured with the standard OTEL_* variables (docs/tracing.md);
+    this section holds what they cannot say."""
+
+    content: bool = Field(
+        default=False,
+        description="Put prompts and completions on spans (gen_ai.input.messages, "
+        "gen_ai.output.messages); never with content: metadata_only",
+    )
+
+
 class Settings(_Section):
     admin_key: SecretStr | None = Field(default=None, description="Bootstrap key, owner role")
     session_secret: SecretStr | None = Field(
@@ -434,6 +446,7 @@ class Settings(_Section):
     shutdown_timeout: float = Field(
         default=30.0, gt=0, description="Seconds shutdown waits for queued records to be stored"
     )
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("providers")

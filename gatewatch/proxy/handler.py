@@ -28,6 +28,7 @@ from gatewatch.records import Attempt, Record, new_id
 from gatewatch.settings import Settings
 from gatewatch.store.base import Identity
 from gatewatch.store.writer import RecordWriter
+from gatewatch.tracing import Tracing
 
 __all__ = ["ProxyHandler", "match_proxy_path"]
 
@@ -150,10 +151,12 @@ class ProxyHandler:
         prices: PriceBook,
         controls: Controls,
         breakers: CircuitBreakers,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.controls = controls
         self.breakers = breakers
+        self.tracing = tracing  # None: OpenTelemetry export is off
         self.router = Router(settings)
         self.keys = keys
         self.writer = writer
@@ -193,6 +196,8 @@ class ProxyHandler:
         if client:
             rec.source_ip = client[0]
         family = endpoint.family
+        if self.tracing is not None:
+            self.tracing.begin(rec, headers)
         self.metrics.inflight.inc()
         upstream_time = [0.0]
         watch: _Disconnect | None = None
@@ -328,7 +333,9 @@ class ProxyHandler:
             raise GatewayError(400, "'model' must be a non-empty string", "invalid_field")
         return payload
 
-    def _upstream_headers(self, target: Target, headers: dict[bytes, bytes]) -> dict[str, str]:
+    def _upstream_headers(
+        self, target: Target, headers: dict[bytes, bytes], rec: Record, attempt: Attempt
+    ) -> dict[str, str]:
         p = target.provider
         out = {"Content-Type": "application/json"}
         key = p.api_key.get_secret_value() if p.api_key else ""
@@ -342,6 +349,8 @@ class ProxyHandler:
             if value is not None:
                 out[name.decode()] = value.decode("latin-1")
         out.update(p.headers)
+        if self.tracing is not None:
+            self.tracing.inject(rec, attempt, out)
         return out
 
     def _body_for(
@@ -469,7 +478,7 @@ class ProxyHandler:
             resp = await self.session.post(
                 upstream_url(target.provider, endpoint.path),
                 data=data,
-                headers=self._upstream_headers(target, headers),
+                headers=self._upstream_headers(target, headers, rec, attempt),
                 timeout=stream_t if rec.stream else total_t,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -581,6 +590,8 @@ class ProxyHandler:
             except orjson.JSONDecodeError:
                 parsed = None
             model, usage, calls = read_blocking(endpoint.kind, parsed)
+            if rec.trace is not None:
+                rec.trace.answer = parsed
             rec.model = model or target.model
             rec.tool_calls = calls
             self._account(rec, target, usage)
@@ -701,6 +712,8 @@ class ProxyHandler:
             except Exception:
                 self._client_gone(rec)
         rec.tool_calls = reader.tool_calls()
+        if rec.trace is not None:
+            rec.trace.answer = reader
         self._account(rec, target, reader.usage)
         if self.keep_content:
             rec.response_body = reader.message()
@@ -733,7 +746,7 @@ class ProxyHandler:
         try:
             async with self.session.get(
                 upstream_url(target.provider, "/v1/models"),
-                headers=self._upstream_headers(target, headers),
+                headers=self._upstream_headers(target, headers, rec, attempt),
                 timeout=self._timeouts[target.provider.name][0],
             ) as resp:
                 content = await resp.read()
@@ -768,4 +781,6 @@ class ProxyHandler:
         elapsed = time.perf_counter() - t0
         rec.ended = rec.started + elapsed
         self.writer.submit(rec)
+        if self.tracing is not None:
+            self.tracing.finish(rec)
         self.metrics.observe_request(rec, elapsed, max(elapsed - upstream_seconds, 0.0))
