@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test check lint typecheck browser bench clean
+.PHONY: install serve demo test check lint typecheck browser prometheus bench clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ typecheck: install
 
 check: lint typecheck
 
-test: check browser
+test: check browser prometheus
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Debian's chromium for the dashboard tests (tests/test_ui.py drive it with Playwright; about a
@@ -38,6 +38,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  { [ "$$CI" != "true" ] && echo "chromium could not be installed: the dashboard tests will skip"; }
+
+# Debian's prometheus for tests/test_prometheus.py (a real server scrapes the gateway; about
+# half a minute to install). Outside CI a failed install only warns, and that test skips.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
+	  { [ "$$CI" != "true" ] && echo "prometheus could not be installed: tests/test_prometheus.py will skip"; }
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)

@@ -78,7 +78,8 @@ class _Series:
 class Metrics:
     """``org`` labels the per-request, token, cost and refusal metrics with the organization;
     ``per_user`` and ``per_key`` add ``user`` and ``key`` labels to the counters (opt-in: one
-    series per user or key)."""
+    series per user or key). Past ``max_series`` label sets, new ones are counted under
+    model, user and key ``other``."""
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class Metrics:
         org: bool = True,
         per_user: bool = False,
         per_key: bool = False,
+        max_series: int = _MAX_SERIES,
     ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -94,6 +96,7 @@ class Metrics:
         who = [name for name, on in (("org", org), ("user", per_user), ("key", per_key)) if on]
         org_only = ["org"] if org else []
         self._series: dict[tuple[str, ...], _Series] = {}
+        self._max_series = max_series
         self.requests = Counter(
             "gatewatch_requests",
             "Requests answered, by the provider and model that answered (empty when refused "
@@ -199,7 +202,7 @@ class Metrics:
         )
         series = self._series.get(key)
         if series is None:
-            if len(self._series) >= _MAX_SERIES:  # fold the model, user and key; keep the org
+            if len(self._series) >= self._max_series:  # fold model, user and key; keep org
                 who = key[5:]
                 kept = who[:1] if self.org_label else ()
                 key = (key[0], _OTHER, *key[2:5], *kept, *(_OTHER,) * (len(who) - len(kept)))
