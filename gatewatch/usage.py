@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gatewatch.records import parse_ts
 from gatewatch.settings import CurrencySettings
-from gatewatch.store import FilterError, RequestQuery, Scope, Store, parse_filters
+from gatewatch.store import FilterError, Scope, Store, parse_filters
 from gatewatch.store.rollups import DIMENSIONS, NBINS, NS, UsageSpec, percentile
 
 __all__ = ["BUCKETS", "Currency", "UsageError", "facets", "top", "usage"]
@@ -31,10 +31,15 @@ USAGE_PARAMS = ("start", "end", "bucket", "tz", "group_by", "top", "currency", "
 TOP_PARAMS = ("start", "end", "dimension", "metric", "limit", "currency", "q")
 
 
-class UsageError(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
+# A bad parameter, named by ``param``: the same error the record filters raise.
+UsageError = FilterError
+
+
+def _choice(p: dict[str, str], name: str, default: str | None, allowed: Sequence[str]) -> str:
+    value = p.get(name, default)
+    if value is None or value not in allowed:
+        raise UsageError(name, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +123,6 @@ def _round_hours(lo: float, hi: float) -> tuple[int, int]:
     return int(lo // 3600 * 3600), int(-(-hi // 3600) * 3600)
 
 
-def _filters(
-    params: Iterable[tuple[str, str]], ignore: Sequence[str], q: str | None
-) -> RequestQuery:
-    try:
-        return parse_filters(params, ignore, q)
-    except FilterError as exc:
-        raise UsageError(exc.param, str(exc).split(": ", 1)[-1]) from None
-
-
 def _dims(value: str | None, param: str, allowed: Sequence[str], most: int) -> tuple[str, ...]:
     if not value:
         return ()
@@ -205,14 +201,12 @@ def usage(
 ) -> dict[str, Any]:
     """GET /api/v1/usage: time series per bucket and group."""
     p = dict(params)
-    bucket = p.get("bucket", "day")
-    if bucket not in BUCKETS:
-        raise UsageError("bucket", f"{bucket!r} is not one of {', '.join(BUCKETS)}")
+    bucket = _choice(p, "bucket", "day", BUCKETS)
     tz = _zone(p.get("tz"))
     group_by = _dims(p.get("group_by"), "group_by", tuple(DIMENSIONS), 2)
     top_n = _positive(p.get("top"), "top")
     currency = Currency.choose(currency_settings, p.get("currency"))
-    query = _filters(params, USAGE_PARAMS, p.get("q"))
+    query = parse_filters(params, USAGE_PARAMS, p.get("q"))
     lo, hi = _range(p.get("start"), p.get("end"), 7)
     if _hour_aligned(tz, lo, hi):
         lo, hi = _round_hours(lo, hi)
@@ -299,15 +293,11 @@ def top(
 ) -> dict[str, Any]:
     """GET /api/v1/usage/top: a leaderboard of one dimension over a range."""
     p = dict(params)
-    dimension = p.get("dimension", "user")
-    if dimension not in TOP_DIMENSIONS:
-        raise UsageError("dimension", f"{dimension!r} is not one of {', '.join(TOP_DIMENSIONS)}")
-    metric = p.get("metric", "cost_usd")
-    if metric not in TOP_METRICS:
-        raise UsageError("metric", f"{metric!r} is not one of {', '.join(TOP_METRICS)}")
+    dimension = _choice(p, "dimension", "user", TOP_DIMENSIONS)
+    metric = _choice(p, "metric", "cost_usd", TOP_METRICS)
     limit = _positive(p.get("limit"), "limit", 1000) or 10
     currency = Currency.choose(currency_settings, p.get("currency"))
-    query = _filters(params, TOP_PARAMS, p.get("q"))
+    query = parse_filters(params, TOP_PARAMS, p.get("q"))
     lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
     spec = UsageSpec(lo, hi, (lo, hi), (dimension,), query)
     source, rows = store.usage_rows(scope, spec)
@@ -345,9 +335,7 @@ FACET_FIELDS = ("model", "provider", "status", "org", "user", "api_key", "client
 def facets(store: Store, scope: Scope, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """GET /api/v1/requests/facets: the values a filter can take, most used first."""
     p = dict(params)
-    field = p.get("field")
-    if field not in FACET_FIELDS:
-        raise UsageError("field", f"{field!r} is not one of {', '.join(FACET_FIELDS)}")
+    field = _choice(p, "field", None, FACET_FIELDS)
     limit = _positive(p.get("limit"), "limit", 1000) or 100
     lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
     values = store.facet_values(scope, field, lo, hi, limit)
