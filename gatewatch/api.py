@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ulid import ULID
 
 from gatewatch import export, ui, usage
+from gatewatch.alerts.api import create_alerts_router
 from gatewatch.auth import KeyCache, hash_key, new_secret, secret_from_headers
 from gatewatch.controls import Controls
 from gatewatch.controls.breaker import CircuitBreakers
@@ -164,6 +165,7 @@ def create_api(
         return ident
 
     Caller = Annotated[Identity, Depends(caller)]
+    app.include_router(create_alerts_router(store, settings, caller, ApiError))
 
     def require_admin(ident: Identity) -> None:
         if ident.role not in ("admin", "owner"):

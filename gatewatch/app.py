@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 
+from gatewatch.alerts import Alerts
 from gatewatch.api import create_api
 from gatewatch.auth import ADMIN_KEY_ID, KeyCache, hash_key
 from gatewatch.controls import Controls
@@ -71,6 +72,7 @@ class Gateway:
             settings.retention,
             on_purged=lambda kind, n: self.metrics.retention_purged.labels(kind).inc(n),
         )
+        self.alerts = Alerts(settings, self.store, self.controls, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
@@ -99,6 +101,7 @@ class Gateway:
             await self.tracing.start()
         self._tasks.append(asyncio.create_task(self.keys.watch()))
         self._tasks.append(asyncio.create_task(self.retention.loop()))
+        await self.alerts.start()
         snapshots = await self.metrics_endpoint.start()
         if snapshots is not None:
             self._tasks.append(snapshots)
@@ -119,6 +122,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.alerts.close()
         await self.proxy.close()
         if self.tracing is not None:
             await self.tracing.close()

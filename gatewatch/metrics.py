@@ -179,6 +179,18 @@ class Metrics:
         self.records_dropped = Counter(
             "gatewatch_records_dropped", "Request records dropped (queue full)", registry=r
         )
+        self.alerts_firing = Gauge(
+            "gatewatch_alerts_firing",
+            "Alerts firing now, one per rule and subject (in the process evaluating the rules)",
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "gatewatch_alert_deliveries",
+            "Alert webhook deliveries: delivered, retried (an attempt failed, another follows), "
+            "failed (gave up), dropped (delivery queue full)",
+            ["outcome"],
+            registry=r,
+        )
 
     def _who(self, org: str | None, user: str | None, key: str | None) -> tuple[str, ...]:
         out: tuple[str, ...] = ()
