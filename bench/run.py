@@ -1,6 +1,7 @@
 """Benchmark harness for gatewatch: throughput, added latency, record completeness, memory.
 
     .venv/bin/python bench/run.py [--duration 10] [--runs 3] [--connections 32] [--json FILE]
+                                  [--otel sink|down]
 
 Starts ``bench/mock_upstream.py`` and ``gatewatch serve`` on free loopback ports, drives them
 with ``wrk`` (all traffic to 127.0.0.1, every run time-limited), then checks that every request
@@ -63,8 +64,10 @@ SHUTDOWN_TIMEOUT = 30.0
 NOISY_CORES = 0.25  # CPU used by unrelated processes above which the report warns
 
 
-def start_upstream(port: int, logfile: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, str(BENCH_DIR / "mock_upstream.py"), "--host", HOST, "--port", str(port)]
+def start_upstream(
+    port: int, logfile: Path, script: str = "mock_upstream.py", what: str = "mock upstream"
+) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, str(BENCH_DIR / script), "--host", HOST, "--port", str(port)]
     with logfile.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -80,8 +83,8 @@ def start_upstream(port: int, logfile: Path) -> subprocess.Popen[bytes]:
     reader.start()
     reader.join(10.0)
     if not ready or b"ready" not in ready[0]:
-        stop_process(proc, "mock upstream", 5)
-        raise BenchError(f"mock upstream did not print 'ready' within 10 s:\n{tail(logfile)}")
+        stop_process(proc, what, 5)
+        raise BenchError(f"{what} did not print 'ready' within 10 s:\n{tail(logfile)}")
     return proc
 
 
@@ -122,7 +125,12 @@ def scripts_for_key(tmp: Path, key: str) -> tuple[Path, Path]:
 
 
 def start_gateway(
-    exe: str, cfg: Path, port: int, logfile: Path, workers: int = 1
+    exe: str,
+    cfg: Path,
+    port: int,
+    logfile: Path,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [exe, "serve", "--config", str(cfg), "--host", HOST, "--port", str(port)]
     if workers > 1:
@@ -136,6 +144,7 @@ def start_gateway(
             stdin=subprocess.DEVNULL,
             cwd=REPO,
             start_new_session=True,
+            env=env,
         )
 
 
@@ -489,13 +498,25 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     db = tmp / "bench.db"
     gw_log = tmp / "gateway.log"
     upstream: subprocess.Popen[bytes] | None = None
+    sink: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     gateway_exit: int | None = None
     try:
         upstream = start_upstream(up_port, tmp / "upstream.log")
         log(f"mock upstream ready on {HOST}:{up_port} (pid {upstream.pid})")
         cfg = write_config(tmp, up_port, args.redis)
-        gateway = start_gateway(exe, cfg, gw_port, gw_log, args.workers)
+        env: dict[str, str] | None = None
+        if args.otel:  # OpenTelemetry export on: to a sink that answers 200, or a closed port
+            otel_port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{HOST}:{otel_port}"
+            env["OTEL_SERVICE_NAME"] = "gatewatch-bench"
+            if args.otel == "sink":
+                sink = start_upstream(otel_port, tmp / "otlp_sink.log", "otlp_sink.py", "OTLP sink")
+                log(f"OTLP sink ready on {HOST}:{otel_port} (pid {sink.pid})")
+            else:
+                log(f"--otel down: OTLP endpoint {HOST}:{otel_port} refuses connections")
+        gateway = start_gateway(exe, cfg, gw_port, gw_log, args.workers, env)
         took = wait_ready(gateway, metrics_url, gw_log)
         log(f"gateway ready on {HOST}:{gw_port} (pid {gateway.pid}) after {took:.1f}s")
         chat_lua, stream_lua = CHAT_LUA, STREAM_LUA
@@ -570,6 +591,13 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
             f"wrk: -t1, {d}s per measurement; stream runs use {STREAM_LUA.name} "
             f"(include_usage); {os.cpu_count()} CPUs",
         ]
+        if args.otel:
+            exported = [ln for ln in tail(gw_log, 200).splitlines() if "OpenTelemetry:" in ln]
+            notes.append(f"otel ({args.otel}): " + (exported[-1] if exported else "no summary"))
+            if sink is not None:
+                stop_process(sink, "OTLP sink", 5)
+                got = [ln for ln in tail(tmp / "otlp_sink.log").splitlines() if "requests" in ln]
+                notes.append("OTLP sink received: " + (got[-1] if got else "?"))
         busiest = max((r.other_cores or 0.0 for r in runs), default=0.0)
         if busiest > NOISY_CORES:
             notes.append(
@@ -627,6 +655,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
         if gateway is not None and gateway.poll() is None:
             stop_process(gateway, "gateway", SHUTDOWN_TIMEOUT)
         stop_process(upstream, "mock upstream", 5)
+        stop_process(sink, "OTLP sink", 5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -646,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     p.add_argument("--redis", metavar="URL", help="redis URL for shared counters")
+    p.add_argument(
+        "--otel",
+        choices=("sink", "down"),
+        help="OpenTelemetry export on: to bench/otlp_sink.py, or to a closed port",
+    )
     args = p.parse_args(argv)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

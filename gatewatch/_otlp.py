@@ -167,6 +167,7 @@ _F_TRACE_ID, _F_SPAN_ID, _F_PARENT = (
     _tag(4, 2) + b"\x08",
 )
 _F_START, _F_END, _F_FLAGS = _tag(7, 1), _tag(8, 1), _tag(16, 5)
+_heads: dict[tuple[str, int], bytes] = {}  # encoded name and kind fields of repeated span names
 
 
 def span(
@@ -195,10 +196,14 @@ def span(
         flags |= _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
     else:
         flags |= _HAS_IS_REMOTE
+    head = _heads.get((name, kind))
+    if head is None:
+        head = _str(5, name) + _tag(6, 0) + _varint(kind)
+        if len(_heads) >= 4096:
+            _heads.clear()
+        _heads[(name, kind)] = head
     parts += (
-        _str(5, name),
-        _tag(6, 0),
-        _varint(kind),
+        head,
         _F_START,
         _pack_q(start_ns),
         _F_END,

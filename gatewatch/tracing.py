@@ -320,7 +320,7 @@ class Tracing:
             return
         queue = self._queue
         if len(queue) >= self.config.max_queue:
-            self.spans_dropped += 2 + len(rec.attempts)
+            self.spans_dropped += 1 + len(rec.attempts)
             now = time.monotonic()
             if now - self._last_drop_log > 60:
                 self._last_drop_log = now
@@ -382,10 +382,18 @@ class Tracing:
                         break
                 if self.metrics is not None:
                     await self._export_metrics()
+        self.spans_dropped += sum(1 + len(r.attempts) for r in self._queue)
         self._queue.clear()
         for exporter in (self.traces, self.metrics):
             if exporter is not None:
                 await exporter.close()
+        log.info(
+            "OpenTelemetry: %d spans exported, %d dropped; %d failed span exports, %d failed "
+            "metric exports",
+            self.spans_exported, self.spans_dropped,
+            self.traces.failures if self.traces else 0,
+            self.metrics.failures if self.metrics else 0,
+        )  # fmt: skip
 
     async def _span_loop(self) -> None:
         assert self._wake is not None
