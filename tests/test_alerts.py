@@ -319,6 +319,29 @@ def test_budget_rule_fires_at_80_percent_of_a_key_budget(
     assert len(receiver.bodies("/flaky")) == 2
 
 
+def test_a_delivery_cut_short_by_a_shutdown_is_sent_after_the_restart(
+    start_gateway: Start, receiver: Receiver
+) -> None:
+    rule = {"name": "silence", "type": "no_traffic", "window": "1m", "notify": ["stuck"]}
+    gw = start(start_gateway, receiver, [rule])
+    t0 = time.time()
+    assert evaluate(gw, Clock(t0)) == []
+    (firing,) = evaluate(gw, Clock(t0 + 61))
+    deadline = time.monotonic() + 15
+    while receiver.hanging < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    gw.server.stop()  # the receiver never answered: the delivery is still pending
+    receiver.release.set()  # from now on it answers at once
+
+    gw = start(start_gateway, receiver, [rule])
+    assert evaluate(gw, Clock(t0 + 62)) == []  # still firing: not fired again
+    bodies = receiver.wait("/hang", 2)
+    assert bodies[0] == bodies[1] and bodies[1]["id"] == firing["id"]
+    (delivery,) = wait_deliveries(gw, firing["id"])["deliveries"]
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 1
+
+
 # ---- spend, latency, silence --------------------------------------------------------------------
 
 
@@ -465,6 +488,8 @@ def test_rules_api_and_org_scoping(start_gateway: Start, receiver: Receiver) -> 
     assert seen(gw.admin_key) == {"global-errors", "acme-errors"}
     assert seen(acme_admin) == {"acme-errors"}
     assert seen(globex_admin) == set()
+    assert [e["rule"] for e in history(gw, org="acme")["results"]] == ["acme-errors"]
+    assert history(gw, globex_admin, org="acme")["count"] == 0
     assert call(globex_admin, "GET", f"/api/v1/alerts/{acme['id']}").status_code == 404
     assert call(acme_admin, "GET", f"/api/v1/alerts/{acme['id']}").status_code == 200
     gid = fired["global-errors"]["id"]

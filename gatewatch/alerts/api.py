@@ -104,7 +104,13 @@ def create_alerts_router(
         require_admin(ident)
         return {"results": await visible_rules(ident)}
 
-    @router.post("/api/v1/alerts/rules", status_code=201, summary="Add an alert rule (§N)")
+    @router.post(
+        "/api/v1/alerts/rules",
+        status_code=201,
+        summary="Add an alert rule (§N)",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": AlertRule.model_json_schema()}}}},
+    )  # fmt: skip
     async def create_rule(request: Request, ident: Caller) -> dict[str, Any]:
         """The body is one rule as in ``alerts.rules`` of the configuration (docs/alerts.md).
         An admin's rule covers its own organization; an owner's covers ``org`` when given,
@@ -177,9 +183,11 @@ def create_alerts_router(
         rule: Annotated[str | None, Query(description="A rule's name or id")] = None,
         state: Annotated[Literal["firing", "resolved"] | None, Query()] = None,
         active: Annotated[bool | None, Query(description="Only firings not resolved")] = None,
+        org: Annotated[str | None, Query(description="An organization's id or name")] = None,
     ) -> dict[str, Any]:
         require_admin(ident)
-        filters = {"rule": rule or "", "state": state or "", "active": "true" if active else ""}
+        filters = {"rule": rule or "", "state": state or "", "org": org or "",
+                   "active": "true" if active else ""}  # fmt: skip
         page = await run(store.list_alert_events, ident.scope, filters, page_limit(limit),
                          after_id)  # fmt: skip
         return {"count": page.count, "results": page.results, "next_after_id": page.next_after_id}

@@ -206,13 +206,16 @@ class AlertsMixin:
         self, scope: Scope, filters: dict[str, str], limit: int, after_id: str | None
     ) -> Page:
         """Firings and resolutions the scope may see, newest first, with their deliveries;
-        ``filters``: ``rule`` (a name or a rule id), ``state`` (firing | resolved), ``active``
-        ("true": firings not resolved yet)."""
+        ``filters``: ``rule`` (a name or a rule id), ``org`` (an id or name), ``state`` (firing |
+        resolved), ``active`` ("true": firings not resolved yet)."""
         where, params = _events_scope(scope)
         conds = [where]
         if filters.get("rule"):
             conds.append("(e.rule = ? OR e.rule_id = ?)")
             params += [filters["rule"], filters["rule"]]
+        if filters.get("org"):
+            conds.append("e.org_id IN (SELECT id FROM orgs WHERE id = ? OR name = ?)")
+            params += [filters["org"], filters["org"]]
         if filters.get("state"):
             conds.append("e.state = ?")
             params.append(filters["state"])
