@@ -535,7 +535,7 @@ def test_keys_page_creates_budgets_and_revokes(browser: Browser, traffic: Traffi
     assert secret.startswith("gw-")
     gen = _loaded(page, gen)
     row = page.locator('#keys-table tbody tr:has(strong:text-is("carol"))')
-    assert "$0.00 / $0.50 per month" in row.locator(".bar").inner_text()
+    assert "$0.00 / $0.50 per month" in row.locator(".budget").inner_text()
 
     # the new key works at once; its spend fills the bar
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=secret, max_retries=0)
@@ -547,7 +547,7 @@ def test_keys_page_creates_budgets_and_revokes(browser: Browser, traffic: Traffi
     assert spent > 0
     row = page.locator('#keys-table tbody tr:has(strong:text-is("carol"))')
     shown = page.evaluate(f"GW.money({spent})")
-    assert f"{shown} / $0.50" in row.locator(".bar").inner_text()
+    assert f"{shown} / $0.50" in row.locator(".budget").inner_text()
 
     # limits and revocation
     row.locator("text=Limits…").click()

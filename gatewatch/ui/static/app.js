@@ -171,6 +171,7 @@ const GW = (() => {
       select.append(h("option", { value: o.id, text: o.name }));
     }
     select.value = org();
+    select.dispatchEvent(new Event("gw-orgs"));
     select.addEventListener("change", () => {
       const p = params();
       if (select.value) p.set("org", select.value); else p.delete("org");

@@ -26,9 +26,10 @@
     const share = row.budget_usd > 0 ? spent / row.budget_usd : spent > 0 ? 1 : 0;
     const cls = share >= 1 ? "bar over" : share >= 0.8 ? "bar warn" : "bar";
     const resets = s?.period_end ? ` · resets ${new Date(s.period_end * 1000).toLocaleDateString("en-GB", { day: "numeric", month: "short" })}` : "";
-    return h("div", { class: cls, title: `${GW.pct(share)} of the ${row.budget_period} budget${resets}` },
-      h("i", { style: { width: `${Math.min(100, share * 100).toFixed(1)}%` } }),
-      h("span", { text: `${GW.money(spent, { usd: true })} / ${GW.money(row.budget_usd, { usd: true })} ${row.budget_period === "total" ? "total" : `per ${row.budget_period}`}` }));
+    const per = row.budget_period === "total" ? "total" : `per ${row.budget_period}`;
+    return h("div", { class: "budget", title: `${GW.pct(share)} of the budget${resets}` },
+      h("div", { class: cls }, h("i", { style: { width: `${Math.min(100, share * 100).toFixed(1)}%` } })),
+      h("span", { text: `${GW.money(spent, { usd: true })} / ${GW.money(row.budget_usd, { usd: true })} ${per}` }));
   }
 
   const limit = (v) => (v === null || v === undefined ? "–" : GW.count(v));
@@ -137,6 +138,11 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    const orgField = document.querySelector("#create-key [name=org]");
+    const sel = document.getElementById("org-switch");
+    sel?.addEventListener("gw-orgs", () => { // the owner's org choice is the default org
+      if (orgField && sel.value) orgField.placeholder = sel.selectedOptions[0].textContent;
+    });
     document.getElementById("create-key").addEventListener("submit", create);
     document.getElementById("show-revoked").addEventListener("change", () => load().catch(GW.showError));
     document.getElementById("copy-secret").addEventListener("click", () =>
