@@ -286,7 +286,7 @@ class AlertSettings(_Section):
     )
     webhooks: list[AlertWebhook] = Field(default_factory=list)
     rules: list[AlertRule] = Field(default_factory=list)
-    max_attempts: int = Field(default=6, ge=1, le=50, description="Tries per delivery")
+    max_attempts: int = Field(default=10, ge=1, le=50, description="Tries per delivery")
     backoff: float = Field(default=2.0, ge=0, description="Wait before the first retry (doubles)")
     max_backoff: float = Field(default=300.0, ge=0, description="Longest wait between retries")
     queue_size: int = Field(

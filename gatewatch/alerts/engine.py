@@ -204,6 +204,7 @@ class Alerts:
             if self._loaded:  # another process evaluates now; read its state if we return
                 self.open.clear()
                 self._loaded = False
+                self._since = None
                 self.metrics.alerts_firing.set(0)
             return []
         return await self.evaluate()
