@@ -1,13 +1,13 @@
 """``GET /metrics`` (§O1): the Prometheus text of this process or, under
 ``gatewatch serve --workers N``, of all worker processes added up.
 
-Several workers share one listening socket, so a scrape reaches one of them at random. Each
-worker writes a snapshot of its own registry to ``<dir>/<pid>.json`` every second (and at
-shutdown); the worker that answers a scrape merges its live registry with the other workers'
-snapshots: counters and histograms summed over every worker that ever wrote one (a worker that
-died keeps its counts, so totals never go back), gauges over the live workers only, summed or
-maximum per :data:`gatewatch.metrics.GAUGE_MERGE`. docs/monitoring.md weighs this against
-prometheus_client's multiprocess mode."""
+Several workers share one listening socket, so a scrape reaches one of them at random. The
+worker that answers asks the others, through a shared directory, for a snapshot of their
+registries (``<dir>/<pid>.json``, also written at start and at shutdown), and merges them with
+its own live registry: counters and histograms summed over every worker that ever wrote one (a
+worker that died keeps its counts, so totals never go back), gauges over the live workers only,
+summed or maximum per :data:`gatewatch.metrics.GAUGE_MERGE`. docs/monitoring.md weighs this
+against prometheus_client's multiprocess mode."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ Send = Callable[[Message], Awaitable[None]]
 # one metric family: name, type, help, unit, [[sample name, labels, value], …]
 Family = list[Any]
 
-SNAPSHOT_INTERVAL = 1.0  # seconds: how far behind another worker's figures may be
+POLL_INTERVAL = 0.1  # seconds between a worker's looks at the scrape request
+SNAPSHOT_WAIT = 1.0  # seconds a scrape waits for the other workers' snapshots at most
 
 
 def snapshot(registry: CollectorRegistry) -> list[Family]:
@@ -67,7 +69,7 @@ def merge_snapshots(snapshots: Iterable[tuple[list[Family], bool]]) -> list[Metr
                     continue
                 take_max = GAUGE_MERGE.get(name) == "max"
                 for sname, labels, value in samples:
-                    k = (sname, tuple(sorted(labels.items())))
+                    k = (sname, tuple(labels.items()))
                     old = values.get(k)
                     if old is None:
                         values[k] = value
@@ -75,7 +77,7 @@ def merge_snapshots(snapshots: Iterable[tuple[list[Family], bool]]) -> list[Metr
                         values[k] = max(old, value) if take_max else old + value
             else:
                 for sname, labels, value in samples:
-                    k = (sname, tuple(sorted(labels.items())))
+                    k = (sname, tuple(labels.items()))
                     values[k] = values.get(k, 0.0) + value
     out = []
     for metric, values in merged.values():
@@ -104,11 +106,19 @@ class _Merged(Collector):
 
 
 class WorkerSnapshots:
-    """This worker's snapshot file in the shared directory, and the merge of all of them."""
+    """This worker's snapshot file in the shared directory, and the merge of all of them.
+
+    Snapshots are taken on demand: the worker answering a scrape touches ``<dir>/scrape``; every
+    worker looks at that file's time ten times a second (one ``stat``) and writes a snapshot when
+    it changed; the answering worker waits (up to ``wait`` seconds) until each live worker's
+    snapshot is newer than its request, then merges. So a scrape sees every worker as of the
+    scrape, and a gateway nobody scrapes writes nothing."""
 
     def __init__(self, directory: str | os.PathLike[str], registry: CollectorRegistry) -> None:
         self.directory = Path(directory)
         self.registry = registry
+        self.request = self.directory / "scrape"
+        self._answered = 0  # the scrape request this worker last wrote a snapshot for
 
     @property
     def path(self) -> Path:
@@ -120,25 +130,52 @@ class WorkerSnapshots:
         tmp.write_bytes(data)
         os.replace(tmp, self.path)  # readers never see half a file
 
-    async def loop(self, interval: float = SNAPSHOT_INTERVAL) -> None:
+    def _requested(self) -> int:
+        try:
+            return os.stat(self.request).st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    async def loop(self, poll: float = POLL_INTERVAL) -> None:
+        self._answered = self._requested()
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(poll)
+            requested = self._requested()
+            if requested == self._answered:
+                continue
+            self._answered = requested
             try:
                 await asyncio.to_thread(self.write)
             except OSError as exc:  # metrics must never take the worker down
                 log.warning("could not write the metrics snapshot %s: %s", self.path, exc)
 
-    def render(self) -> bytes:
-        """The exposition of every worker: this one live, the others from their snapshots."""
+    def _others(self) -> list[tuple[Path, int]]:
         own = os.getpid()
-        snapshots: list[tuple[list[Family], bool]] = [(snapshot(self.registry), True)]
+        out = []
         for path in sorted(self.directory.glob("*.json")):
             try:
                 pid = int(path.stem)
             except ValueError:
                 continue
-            if pid == own:
-                continue
+            if pid != own:
+                out.append((path, pid))
+        return out
+
+    def render(self, wait: float = SNAPSHOT_WAIT) -> bytes:
+        """The exposition of every worker: this one live, the others from snapshots they write
+        for this scrape (or their last one, from a worker that is gone or too slow to answer)."""
+        self.request.touch()
+        requested = self._answered = self._requested()  # this worker answers live
+        deadline = time.monotonic() + wait
+        others = self._others()
+        pending = [(path, pid) for path, pid in others if _alive(pid)]
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+            pending = [
+                (path, pid) for path, pid in pending if _alive(pid) and _mtime(path) < requested
+            ]
+        snapshots: list[tuple[list[Family], bool]] = [(snapshot(self.registry), True)]
+        for path, pid in others:
             try:
                 families = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):  # gone or replaced under us: skip it
@@ -147,6 +184,13 @@ class WorkerSnapshots:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Merged(merge_snapshots(snapshots)))
         return generate_latest(registry)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 class MetricsEndpoint:
@@ -166,7 +210,7 @@ class MetricsEndpoint:
         self.workers = WorkerSnapshots(workers_dir, metrics.registry) if workers_dir else None
 
     async def start(self) -> asyncio.Task[None] | None:
-        """Under several workers: the task that keeps this worker's snapshot fresh."""
+        """Under several workers: the task that answers scrapes with this worker's snapshot."""
         if self.workers is None:
             return None
         self.workers.directory.mkdir(parents=True, exist_ok=True)
