@@ -72,7 +72,7 @@ def wait_ready(url: str, proc: Any, logfile: Path, limit: float = 120.0) -> None
 
 
 def biggest_org(db: Path) -> tuple[str, str, str]:
-    """(org name, a user of it with many records, the id of a recent record of that user)."""
+    """(the org with most keys, one of its users, the id of its newest record)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         org_id, org = con.execute(
@@ -82,7 +82,9 @@ def biggest_org(db: Path) -> tuple[str, str, str]:
         (user,) = con.execute(
             "SELECT name FROM users WHERE org_id = ? ORDER BY id LIMIT 1", (org_id,)
         ).fetchone()
-        (rid,) = con.execute("SELECT id FROM requests ORDER BY id DESC LIMIT 1").fetchone()
+        (rid,) = con.execute(
+            "SELECT id FROM requests WHERE org_id = ? ORDER BY id DESC LIMIT 1", (org_id,)
+        ).fetchone()
         return str(org), str(user), str(rid)
     finally:
         con.close()
@@ -91,7 +93,7 @@ def biggest_org(db: Path) -> tuple[str, str, str]:
 def time_page(page: Any, url: str, runs: int) -> tuple[float, list[float], float, str]:
     def once() -> tuple[float, float, str]:
         page.goto(url)
-        page.wait_for_function("document.body.dataset.loaded", timeout=60_000)
+        page.wait_for_function("() => document.body.dataset.loaded", timeout=60_000)
         took, slow, name = page.evaluate(
             """() => {
               const mark = performance.getEntriesByName("gw-loaded")[0].startTime;
@@ -172,6 +174,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
                     log(
                         f"{role:6} {name:32} cold {t.cold_ms:7.1f} ms  median {t.median_ms:7.1f}"
                         f" ms  max {t.max_ms:7.1f} ms  slowest call {t.slowest_api_ms:.0f} ms"
+                        f" {t.slowest_api[:90]}"
                     )
                 ctx.close()
             browser.close()

@@ -11,6 +11,7 @@ import csv
 import io
 import os
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,6 +170,13 @@ def _loaded(page: Page, after: str | None = None) -> str:
     )
     page.wait_for_load_state("networkidle")
     return str(page.evaluate("document.body.dataset.loaded"))
+
+
+def _boards(page: Page) -> None:
+    """Scroll to the overview's leaderboards (asked for when they come near the screen) and
+    wait until they are drawn."""
+    page.locator("#leaderboard").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.body.dataset.boards === document.body.dataset.loaded")
 
 
 def _shot(page: Page, name: str) -> None:
@@ -337,6 +345,7 @@ def test_overview_shows_exactly_the_traffic(
         assert got[model] == pytest.approx(usd, abs=1e-8)
 
     # leaderboard: users by spend, most first
+    _boards(page)
     by_user = _spend_by(records, "user")
     board = page.locator("#leaderboard tbody tr td:nth-child(2) a").all_inner_texts()
     assert board == sorted(by_user, key=lambda u: -by_user[u])
@@ -390,6 +399,7 @@ def test_org_switcher_scopes_everything(browser: Browser, traffic: Traffic) -> N
     globex = traffic.of(org="globex")
     assert _kpi(page, "requests")[1] == len(globex) == 2
     assert _kpi(page, "cost")[1] == pytest.approx(_cost(globex), abs=1e-8)
+    _boards(page)
     assert page.locator("#leaderboard tbody tr td:nth-child(2) a").all_inner_texts() == ["dave"]
 
     page.click("nav >> text=Requests")  # the choice follows the navigation
@@ -568,7 +578,28 @@ def test_alerts_page_says_alerts_are_not_configured(browser: Browser, traffic: T
     ctx = _context(browser)
     page = _sign_in(ctx, gw, gw.admin_key, "/ui/alerts")
     _loaded(page)
-    assert "not configured" in page.inner_text("#alerts")
+    assert "Alerts are not configured" in page.inner_text("#alerts")
+    ctx.close()
+
+
+def test_alert_history_shows_a_firing(browser: Browser, start_gateway: Any) -> None:
+    rule = {"name": "key-budget-50", "type": "budget", "scope": "key", "threshold": 0.5}
+    gw = start_gateway(alerts={"interval": "0.2s", "rules": [rule]})
+    key = gw.create_key(user="erin", org="acme", budget_usd=0.000001)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    ctx = _context(browser)
+    page = _sign_in(ctx, gw, gw.admin_key, "/ui/alerts")
+    _loaded(page)
+    deadline = time.monotonic() + 15
+    while "key-budget-50" not in page.inner_text("#alerts") and time.monotonic() < deadline:
+        page.reload()
+        _loaded(page)
+    row = page.locator("#alerts-table tbody tr").first
+    assert "key-budget-50" in row.inner_text() and "firing" in row.inner_text()
+    assert "erin" in row.inner_text()  # the subject: the key
+    assert "key-budget-50" in page.inner_text("#rules-table")
+    _shot(page, "alerts-light")
     ctx.close()
 
 

@@ -195,7 +195,7 @@ const GW = (() => {
 
   // The filter bar: fills the drop-downs from /api/v1/requests/facets, mirrors the URL, and
   // calls onChange when a filter changes.
-  async function filterBar(onChange) {
+  function filterBar(onChange) {
     const form = document.getElementById("filters");
     if (!form) return;
     const p = params();
@@ -233,7 +233,24 @@ const GW = (() => {
       history.replaceState(null, "", `${location.pathname}?${new URLSearchParams(keep)}`);
       location.reload();
     });
-    // drop-down values: what was seen in the range, most used first
+    // Drop-down values: what was seen in the range, most used first. Fetched when the pointer
+    // or the focus comes to the filter bar, or a second after the page's data is drawn, so
+    // that these seven queries never hold up the page itself.
+    let facetsFor = "";
+    const loadFacets = () => {
+      const now = range();
+      const key = `${now.start.slice(0, 13)}/${now.end.slice(0, 13)}`; // to the hour
+      if (key === facetsFor) return;
+      facetsFor = key;
+      fillFacets(form, now).catch(showError);
+    };
+    form.addEventListener("pointerenter", loadFacets);
+    form.addEventListener("focusin", loadFacets);
+    form.addEventListener("change", loadFacets); // after the range changed
+    addEventListener("gw-loaded", () => setTimeout(loadFacets, 1000), { once: true });
+  }
+
+  async function fillFacets(form, r) {
     const selects = [...form.querySelectorAll("select[data-facet]")];
     await Promise.all(selects.map(async (sel) => {
       const answer = await api("/api/v1/requests/facets",
@@ -247,7 +264,7 @@ const GW = (() => {
         sel.append(h("option", { value: current, text: current }));
       }
       sel.value = current;
-    })).catch(showError);
+    }));
   }
 
   // Every page calls this once its data is drawn: tests wait for it, and bench/ui_bench.py
@@ -255,6 +272,7 @@ const GW = (() => {
   function loaded(generation) {
     performance.mark("gw-loaded");
     document.body.dataset.loaded = String(generation);
+    dispatchEvent(new Event("gw-loaded"));
   }
 
   document.addEventListener("DOMContentLoaded", () => {

@@ -160,6 +160,32 @@
     ], "No clients in this range");
   }
 
+  // The leaderboards sit below the charts: they are asked for when they come near the screen
+  // (at once on a tall screen), so the headline numbers and charts never wait for them.
+  let boardsSpan = null;
+  let boardsFor = 0;
+
+  function boardsNear() {
+    const box = document.querySelector(".grid.tables").getBoundingClientRect();
+    return box.top < innerHeight + 400;
+  }
+
+  async function loadBoards() {
+    const mine = generation;
+    if (!boardsSpan || boardsFor === mine) return;
+    boardsFor = mine;
+    const span = boardsSpan;
+    const [users, models, clients] = await Promise.all([
+      GW.api("/api/v1/usage/top", { ...span, dimension: "user", limit: 10 }),
+      GW.api("/api/v1/usage/top", { ...span, dimension: "model", limit: 8 }),
+      GW.api("/api/v1/usage/top", { ...span, dimension: "client", limit: 8 }),
+    ]);
+    if (mine !== generation) return;
+    leaderboards(users, models, clients);
+    performance.mark("gw-loaded-all");
+    document.body.dataset.boards = String(mine);
+  }
+
   async function load() {
     const mine = ++generation;
     const r = GW.range();
@@ -167,20 +193,22 @@
     delete f.status;
     delete f.q;
     const span = { ...f, start: r.start, end: r.end };
-    const [cur, prev, spend, users, models, clients] = await Promise.all([
+    boardsSpan = null;
+    for (const body of document.querySelectorAll(".grid.tables tbody")) {
+      body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "muted", text: "Loading …" })));
+    }
+    const [cur, prev, spend] = await Promise.all([
       GW.api("/api/v1/usage", { ...span, bucket: r.bucket, tz: GW.tz }),
       GW.api("/api/v1/usage", { ...f, start: r.prevStart, end: r.start, bucket: "month", tz: GW.tz }),
       GW.api("/api/v1/usage", { ...span, bucket: r.bucket, tz: GW.tz, group_by: stackBy, top: 8 }),
-      GW.api("/api/v1/usage/top", { ...span, dimension: "user", limit: 10 }),
-      GW.api("/api/v1/usage/top", { ...span, dimension: "model", limit: 8 }),
-      GW.api("/api/v1/usage/top", { ...span, dimension: "client", limit: 8 }),
     ]);
     if (mine !== generation) return; // a newer load started meanwhile
     document.getElementById("overview-empty").hidden = cur.totals.requests > 0;
     headline(cur.totals, prev.totals, r);
     charts(cur, spend, r);
-    leaderboards(users, models, clients);
     GW.loaded(mine);
+    boardsSpan = span;
+    if (boardsNear()) loadBoards().catch(GW.showError);
   }
 
   const reload = () => load().catch(GW.showError);
@@ -195,5 +223,8 @@
     }
     GW.filterBar(reload);
     reload();
+    new IntersectionObserver((seen) => {
+      if (seen.some((e) => e.isIntersecting)) loadBoards().catch(GW.showError);
+    }, { rootMargin: "400px" }).observe(document.querySelector(".grid.tables"));
   });
 })();
