@@ -147,9 +147,9 @@ def gatewatch_steps(n: int) -> dict[str, Callable[[], None]]:
             records.append(rec)
 
     def spans() -> None:
-        built = [b for rec in records for b in tracing._spans(rec)]
-        for i in range(0, len(built), 1024):
-            _otlp.traces_request(tracing._resource, tracing._scope, built[i : i + 1024])
+        built = [tracing._spans(rec)[0] for rec in records]
+        for i in range(0, len(built), 512):
+            _otlp.traces_request(tracing._resource, tracing._scope, built[i : i + 512])
 
     return {"gatewatch hooks + metrics": hooks, "gatewatch spans + encoding": spans}
 

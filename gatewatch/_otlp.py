@@ -25,6 +25,7 @@ __all__ = [
     "resource",
     "scope",
     "span",
+    "span_fields",
     "traces_request",
 ]
 
@@ -217,9 +218,15 @@ def span(
     return b"".join(parts)
 
 
-def traces_request(resource_msg: bytes, scope_msg: bytes, spans: Iterable[bytes]) -> bytes:
-    """ExportTraceServiceRequest with one ResourceSpans holding one ScopeSpans."""
-    scope_spans = _ld(1, scope_msg) + b"".join(_ld(2, s) for s in spans)
+def span_fields(spans: Iterable[bytes]) -> bytes:
+    """Span messages as repeated ``ScopeSpans.spans`` fields, ready for ``traces_request``."""
+    return b"".join(_ld(2, s) for s in spans)
+
+
+def traces_request(resource_msg: bytes, scope_msg: bytes, fields: Iterable[bytes]) -> bytes:
+    """ExportTraceServiceRequest with one ResourceSpans holding one ScopeSpans; ``fields``
+    from ``span_fields``."""
+    scope_spans = _ld(1, scope_msg) + b"".join(fields)
     resource_spans = _ld(1, resource_msg) + _ld(2, scope_spans)
     return _ld(1, resource_spans)
 

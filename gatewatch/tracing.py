@@ -5,9 +5,9 @@ over OTLP/HTTP to the endpoint the standard ``OTEL_*`` variables name.
 The proxy calls four methods, each a few microseconds: ``begin`` (continue the caller's W3C
 ``traceparent``), ``inject`` (the ``traceparent`` an upstream attempt carries: its parent is that
 attempt's span), ``answered`` (keep the parsed answer for the response id and finish reasons) and
-``finish`` (aggregate the metrics, queue the record). Spans are built from the finished record in
-the background, in small slices between requests, and sent in batches by one task; a full queue
-drops spans, an unreachable endpoint costs one failed connection per batch. Nothing here can
+``finish`` (aggregate the metrics, encode the spans from the finished record into a bounded
+queue). One background task sends the queue in batches; a full queue drops spans, an unreachable
+endpoint costs one failed connection per batch. Nothing here can
 block or fail a request. With no endpoint configured ``Tracing.from_environment`` answers None
 and the proxy pays one ``is None`` test per hook."""
 
@@ -75,7 +75,6 @@ _TOKEN_BOUNDS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 
                  1048576.0, 4194304.0, 16777216.0, 67108864.0)  # fmt: skip
 _CARDINALITY_LIMIT = 2000  # attribute sets per metric; more go to the overflow point
 _OVERFLOW: tuple[Any, ...] = ("overflow",)
-_SLICE = 32  # records turned into spans between two yields to the event loop
 _CACHED = frozenset(("gatewatch.end_user", "gatewatch.workflow", "gen_ai.conversation.id"))
 _RETRYABLE = {429, 502, 503, 504}
 
@@ -250,7 +249,8 @@ class Tracing:
         self._scope = _otlp.scope("gatewatch", __version__)
         self.traces = _Exporter("spans", config.traces) if config.traces else None
         self.metrics = _Exporter("metric points", config.metrics) if config.metrics else None
-        self._queue: collections.deque[Record] = collections.deque()
+        # per sampled request: its spans, encoded as ScopeSpans.spans fields, and their count
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._durations = _Aggregate(_DURATION_BOUNDS)
         self._tokens = _Aggregate(_TOKEN_BOUNDS)
@@ -311,27 +311,35 @@ class Tracing:
             out["tracestate"] = t.state
 
     def finish(self, rec: Record) -> None:
+        """After the response: metrics, and the request's spans encoded into the export queue
+        (so no record outlives its request)."""
+        t: Trace | None = rec.trace
         try:
             self._observe(rec)
+            if t is None or not t.flags & 1 or self.traces is None:
+                return
+            queue = self._queue
+            if len(queue) >= self.config.max_queue:
+                self._drop(1 + len(rec.attempts))
+                return
+            queue.append(self._spans(rec))
+            if len(queue) >= self.config.max_batch and self._wake is not None:
+                self._wake.set()
         except Exception:  # never fail a request for telemetry
-            log.exception("tracing: could not record the metrics of %s", rec.id)
-        t: Trace | None = rec.trace
-        if t is None or not t.flags & 1 or self.traces is None:
-            return
-        queue = self._queue
-        if len(queue) >= self.config.max_queue:
-            self.spans_dropped += 1 + len(rec.attempts)
-            now = time.monotonic()
-            if now - self._last_drop_log > 60:
-                self._last_drop_log = now
-                log.warning(
-                    "tracing: span queue full (%d requests): dropping spans (%d so far); the "
-                    "OTLP endpoint is slow or unreachable", len(queue), self.spans_dropped,
-                )  # fmt: skip
-            return
-        queue.append(rec)
-        if len(queue) >= self.config.max_batch and self._wake is not None:
-            self._wake.set()
+            log.exception("tracing: could not record request %s", rec.id)
+        finally:
+            if t is not None:
+                t.answer = None
+
+    def _drop(self, spans: int) -> None:
+        self.spans_dropped += spans
+        now = time.monotonic()
+        if now - self._last_drop_log > 60:
+            self._last_drop_log = now
+            log.warning(
+                "tracing: span queue full (%d requests): dropping spans (%d so far); the "
+                "OTLP endpoint is slow or unreachable", len(self._queue), self.spans_dropped,
+            )  # fmt: skip
 
     def _observe(self, rec: Record) -> None:
         op = _OPERATIONS.get(_kind(rec.endpoint), "chat")
@@ -382,7 +390,7 @@ class Tracing:
                         break
                 if self.metrics is not None:
                     await self._export_metrics()
-        self.spans_dropped += sum(1 + len(r.attempts) for r in self._queue)
+        self.spans_dropped += sum(n for _, n in self._queue)
         self._queue.clear()
         for exporter in (self.traces, self.metrics):
             if exporter is not None:
@@ -415,21 +423,13 @@ class Tracing:
         assert self.traces is not None
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(len(queue), self.config.max_batch))]
-        spans: list[bytes] = []
-        for i, rec in enumerate(batch):
-            if i and i % _SLICE == 0:
-                await asyncio.sleep(0)  # let requests run between slices
-            try:
-                spans.extend(self._spans(rec))
-            except Exception:
-                log.exception("tracing: could not build the spans of %s", rec.id)
-        if not spans:
-            return True
-        ok = await self.traces.send(
-            _otlp.traces_request(self._resource, self._scope, spans), len(spans)
-        )
+        count = sum(n for _, n in batch)
+        body = _otlp.traces_request(self._resource, self._scope, [b for b, _ in batch])
+        ok = await self.traces.send(body, count)
         if ok:
-            self.spans_exported += len(spans)
+            self.spans_exported += count
+        else:
+            self.spans_dropped += count
         return ok
 
     async def _metric_loop(self) -> None:
@@ -499,7 +499,8 @@ class Tracing:
 
     # ---- spans from a finished record -----------------------------------------------------
 
-    def _spans(self, rec: Record) -> list[bytes]:
+    def _spans(self, rec: Record) -> tuple[bytes, int]:
+        """The request's spans as repeated ScopeSpans.spans fields, and how many."""
         t: Trace = rec.trace
         trace_id = t.trace_id.to_bytes(16, "big")
         root_id = t.span_id.to_bytes(8, "big")
@@ -531,7 +532,8 @@ class Tracing:
             a_end = a_start + a.duration_ms / 1000.0
             if i == last and rec.stream and a.status_code is not None and a.status_code < 300:
                 a_end = rec.ended  # a relayed stream: the attempt lasts until its end
-            previous = a_end = max(a_end, a_start)
+            a_start = min(max(a_start, rec.started), rec.ended)  # inside the request span
+            previous = a_end = min(max(a_end, a_start), rec.ended)
             failed = a.reason != "ok"
             out.append(
                 _otlp.span(
@@ -550,7 +552,7 @@ class Tracing:
                     status_message=a.reason if failed else "",
                 )
             )
-        return out
+        return _otlp.span_fields(out), len(out)
 
     def _root_attributes(self, rec: Record, kind: str, op: str) -> bytes:
         key = (rec.endpoint, rec.provider, rec.model_requested, rec.model, rec.stream,
