@@ -133,32 +133,35 @@
       [h("tr", {}, h("td", { colspan: cols, class: "muted", text: empty }))]));
   }
 
-  function leaderboards(users, models, clients) {
-    const owner = GW.me.role === "owner" && !GW.org();
-    table("leaderboard", users.results, (u) => [
-      h("td", { class: "num muted", text: u.rank }),
-      h("td", {}, logLink(u.user ?? "(no user)", u.user_id ? { initiator: u.user_id } : {}),
-        owner && u.org ? h("span", { class: "muted small" }, ` · ${u.org}`) : null),
-      h("td", { class: "num", text: GW.money(u.cost) }),
-      h("td", { class: "num", text: GW.compact(u.tokens), title: GW.tokens(u.tokens) }),
-      h("td", { class: "num", text: GW.count(u.requests) }),
-      h("td", {}, shareBar(u.share)),
-    ], "No users with traffic in this range");
-    table("top-models", models.results, (m) => [
-      h("td", {}, logLink(m.model ?? "(none)", m.model ? { model: m.model } : {})),
-      h("td", { class: "num", text: GW.money(m.cost) }),
-      h("td", { class: "num", text: GW.count(m.requests) }),
-      h("td", { class: "num", text: GW.ms(m.latency_p95_ms) }),
-      h("td", {}, shareBar(m.share)),
-    ], "No models used in this range");
-    table("top-clients", clients.results, (c) => [
-      h("td", {}, c.client ? logLink(c.client, { client: c.client }) : h("span", { class: "muted", text: "(not detected)" })),
-      h("td", { class: "num", text: GW.money(c.cost) }),
-      h("td", { class: "num", text: GW.count(c.requests) }),
-      h("td", { class: "num", text: GW.count(c.errors) }),
-      h("td", {}, shareBar(c.share)),
-    ], "No clients in this range");
-  }
+  // each leaderboard: its /api/v1/usage/top dimension and how a row is drawn
+  const BOARDS = {
+    leaderboard: { dimension: "user", limit: 10, empty: "No users with traffic in this range",
+      row: (u) => [
+        h("td", { class: "num muted", text: u.rank }),
+        h("td", {}, logLink(u.user ?? "(no user)", u.user_id ? { initiator: u.user_id } : {}),
+          GW.me.role === "owner" && !GW.org() && u.org ? h("span", { class: "muted small" }, ` · ${u.org}`) : null),
+        h("td", { class: "num", text: GW.money(u.cost) }),
+        h("td", { class: "num", text: GW.compact(u.tokens), title: GW.tokens(u.tokens) }),
+        h("td", { class: "num", text: GW.count(u.requests) }),
+        h("td", {}, shareBar(u.share)),
+      ] },
+    "top-models": { dimension: "model", limit: 8, empty: "No models used in this range",
+      row: (m) => [
+        h("td", {}, logLink(m.model ?? "(none)", m.model ? { model: m.model } : {})),
+        h("td", { class: "num", text: GW.money(m.cost) }),
+        h("td", { class: "num", text: GW.count(m.requests) }),
+        h("td", { class: "num", text: GW.ms(m.latency_p95_ms) }),
+        h("td", {}, shareBar(m.share)),
+      ] },
+    "top-clients": { dimension: "client", limit: 8, empty: "No clients in this range",
+      row: (c) => [
+        h("td", {}, c.client ? logLink(c.client, { client: c.client }) : h("span", { class: "muted", text: "(not detected)" })),
+        h("td", { class: "num", text: GW.money(c.cost) }),
+        h("td", { class: "num", text: GW.count(c.requests) }),
+        h("td", { class: "num", text: GW.count(c.errors) }),
+        h("td", {}, shareBar(c.share)),
+      ] },
+  };
 
   // The leaderboards sit below the charts: they are asked for when they come near the screen
   // (at once on a tall screen), so the headline numbers and charts never wait for them.
@@ -175,13 +178,12 @@
     if (!boardsSpan || boardsFor === mine) return;
     boardsFor = mine;
     const span = boardsSpan;
-    const [users, models, clients] = await Promise.all([
-      GW.api("/api/v1/usage/top", { ...span, dimension: "user", limit: 10 }),
-      GW.api("/api/v1/usage/top", { ...span, dimension: "model", limit: 8 }),
-      GW.api("/api/v1/usage/top", { ...span, dimension: "client", limit: 8 }),
-    ]);
+    // each table is drawn as soon as its own answer arrives
+    await Promise.all(Object.entries(BOARDS).map(async ([id, b]) => {
+      const top = await GW.api("/api/v1/usage/top", { ...span, dimension: b.dimension, limit: b.limit });
+      if (mine === generation) table(id, top.results, b.row, b.empty);
+    }));
     if (mine !== generation) return;
-    leaderboards(users, models, clients);
     performance.mark("gw-loaded-all");
     document.body.dataset.boards = String(mine);
   }
