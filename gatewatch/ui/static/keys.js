@@ -80,12 +80,20 @@
     dialog.showModal();
   }
 
-  function fill(id, rows, cells) {
+  const FIRST = 200; // rows drawn at once; the rest on demand
+
+  function fill(id, rows, cells, all = false) {
     const body = document.querySelector(`#${id} tbody`);
     const cols = document.querySelectorAll(`#${id} thead th`).length;
+    const shown = all ? rows : rows.slice(0, FIRST);
     body.replaceChildren(...(rows.length
-      ? rows.map((r) => h("tr", { class: r.revoked ? "revoked" : "", "data-id": r.id }, cells(r)))
+      ? shown.map((r) => h("tr", { class: r.revoked ? "revoked" : "", "data-id": r.id }, cells(r)))
       : [h("tr", {}, h("td", { colspan: cols, class: "muted", text: "Nothing here yet." }))]));
+    if (shown.length < rows.length) {
+      body.append(h("tr", {}, h("td", { colspan: cols },
+        h("button", { class: "btn", type: "button", text: `Show all ${GW.count(rows.length)}`,
+          onclick: () => fill(id, rows, cells, true) }))));
+    }
   }
 
   async function load() {
