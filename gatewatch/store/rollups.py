@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import sqlite3
+import struct
 from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -129,6 +130,7 @@ def schema() -> str:
 # that is smaller, else dense (a uint32 count for every bin). ---------------------------------
 
 _DENSE_BYTES = HIST_BINS * 4
+_PACK = [struct.Struct(f"<{n}I").pack for n in range(_DENSE_BYTES // 5 + 1)]
 _U4 = np.dtype("<u4")
 
 
@@ -140,9 +142,10 @@ def hist_bins(duration_ms: float, ttft_ms: float | None) -> tuple[int, int]:
 
 
 def encode(hist: dict[int, int]) -> bytes:
-    if len(hist) * 5 < _DENSE_BYTES:
+    n = len(hist)
+    if n * 5 < _DENSE_BYTES:  # the usual case: a handful of bins
         bins = sorted(hist)
-        return bytes(bins) + array("I", [hist[b] for b in bins]).tobytes()
+        return bytes(bins) + _PACK[n](*[hist[b] for b in bins])
     dense = np.zeros(HIST_BINS, _U4)
     for b, c in hist.items():
         dense[b] = c
