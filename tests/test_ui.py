@@ -145,9 +145,9 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Ite
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _context(browser: Browser, scheme: str = "light") -> BrowserContext:
+def _context(browser: Browser) -> BrowserContext:
     return browser.new_context(
-        viewport={"width": 1280, "height": 860}, color_scheme=scheme, timezone_id="UTC",
+        viewport={"width": 1280, "height": 860}, color_scheme="light", timezone_id="UTC",
         accept_downloads=True,
     )  # fmt: skip
 
@@ -168,7 +168,6 @@ def _loaded(page: Page, after: str | None = None) -> str:
         "prev => document.body.dataset.loaded && document.body.dataset.loaded !== prev",
         arg=after or "",
     )
-    page.wait_for_load_state("networkidle")
     return str(page.evaluate("document.body.dataset.loaded"))
 
 
@@ -180,10 +179,14 @@ def _boards(page: Page) -> None:
 
 
 def _shot(page: Page, name: str) -> None:
+    """Screenshots of the page as it is, light and dark, for a person to look at."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.mouse.move(0, 0)
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{scheme}.png"), full_page=True)
+    page.emulate_media(color_scheme="light")
 
 
 def _kpi(page: Page, name: str) -> tuple[str, float]:
@@ -312,12 +315,9 @@ def test_sign_out(browser: Browser, traffic: Traffic) -> None:
 # ---- overview --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_overview_shows_exactly_the_traffic(
-    browser: Browser, traffic: Traffic, scheme: str
-) -> None:
+def test_overview_shows_exactly_the_traffic(browser: Browser, traffic: Traffic) -> None:
     gw, records = traffic.gw, traffic.records
-    ctx = _context(browser, scheme)
+    ctx = _context(browser)
     seen: list[str] = []
     ctx.on("request", lambda req: seen.append(req.url))
     page = _sign_in(ctx, gw, gw.admin_key)
@@ -349,7 +349,7 @@ def test_overview_shows_exactly_the_traffic(
     by_user = _spend_by(records, "user")
     board = page.locator("#leaderboard tbody tr td:nth-child(2) a").all_inner_texts()
     assert board == sorted(by_user, key=lambda u: -by_user[u])
-    _shot(page, f"overview-{scheme}")
+    _shot(page, "overview")
 
     # hovering a bar shows its values
     overlay = page.locator("#chart-requests .overlay")
@@ -415,17 +415,16 @@ def test_org_switcher_scopes_everything(browser: Browser, traffic: Traffic) -> N
 # ---- request log and detail ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_request_log_filters_and_detail(browser: Browser, traffic: Traffic, scheme: str) -> None:
+def test_request_log_filters_and_detail(browser: Browser, traffic: Traffic) -> None:
     gw = traffic.gw
-    ctx = _context(browser, scheme)
+    ctx = _context(browser)
     page = _sign_in(ctx, gw, gw.admin_key, "/ui/requests")
     gen = _loaded(page)
     assert page.locator("#log tbody tr").count() == len(traffic.records)
     failed_rows = page.locator("#log tbody tr.row-error")
     assert failed_rows.count() == len(traffic.of(status="error")) == 1
     assert "500" in failed_rows.locator(".badge").inner_text()
-    _shot(page, f"requests-{scheme}")
+    _shot(page, "requests")
 
     page.select_option("select[name=initiator]", label="bob")
     gen = _loaded(page, gen)
@@ -447,7 +446,7 @@ def test_request_log_filters_and_detail(browser: Browser, traffic: Traffic, sche
     assert "chat" in page.locator("#attribution").inner_text()  # the workflow
     page.click("summary")
     assert tool["id"] in page.locator("#raw-json").inner_text()
-    _shot(page, f"detail-{scheme}")
+    _shot(page, "detail")
 
     # a streamed answer, reassembled
     streamed = next(r for r in bobs if r["stream"] and r["status"] == "ok")
@@ -463,7 +462,7 @@ def test_request_log_filters_and_detail(browser: Browser, traffic: Traffic, sche
     _loaded(page)
     assert "This one is going to fail badly" in page.locator("#prompt").inner_text()
     assert "500" in page.locator("#response .msg.error").inner_text()
-    _shot(page, f"detail-error-{scheme}")
+    _shot(page, "detail-error")
     ctx.close()
 
 
@@ -599,7 +598,7 @@ def test_alert_history_shows_a_firing(browser: Browser, start_gateway: Any) -> N
     assert "key-budget-50" in row.inner_text() and "firing" in row.inner_text()
     assert "erin" in row.inner_text()  # the subject: the key
     assert "key-budget-50" in page.inner_text("#rules-table")
-    _shot(page, "alerts-light")
+    _shot(page, "alerts")
     ctx.close()
 
 
