@@ -181,6 +181,8 @@ def _boards(page: Page) -> None:
 def _shot(page: Page, name: str) -> None:
     """Screenshots of the page as it is, light and dark, for a person to look at."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if page.locator("#leaderboard").count():
+        _boards(page)
     page.mouse.move(0, 0)
     page.evaluate("window.scrollTo(0, 0)")
     for scheme in ("light", "dark"):

@@ -33,13 +33,13 @@
           text = `${d >= 0 ? "▲" : "▼"} ${Math.abs(d).toFixed(2)} pts`;
           cls = d > 0 ? "delta-up" : d < 0 ? "delta-down" : "delta-flat";
         } else if (p === 0) {
-          text = "same as before";
+          text = "none in either period";
         } else {
           const d = (v - p) / p;
           text = `${d >= 0 ? "▲" : "▼"} ${Math.abs(d * 100).toFixed(1)} %`;
           cls = Math.abs(d) < 0.005 ? "delta-flat" : d > 0 ? "delta-up" : "delta-down";
         }
-        text += " vs previous";
+        if (k.ratio || p !== 0) text += " vs previous";
       }
       delta.textContent = text;
       delta.className = `kpi-delta ${cls}`;
