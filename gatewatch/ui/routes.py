@@ -67,12 +67,13 @@ def _safe_next(value: str | None) -> str:
 
 
 def _same_origin(request: Request) -> bool:
-    """A form post carries Origin in every current browser: it must be this gateway."""
+    """A form post carries Origin in every current browser: it must be this gateway (as the
+    browser addressed it: Host, or X-Forwarded-Host behind a proxy that rewrites Host)."""
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
-    host = request.headers.get("host", "")
-    return origin in (f"http://{host}", f"https://{host}")
+    hosts = [request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")]
+    return any(origin in (f"http://{h}", f"https://{h}") for h in hosts if h)
 
 
 def create_ui_router(
