@@ -36,7 +36,8 @@ _OTHER = "other"
 
 # How ``gatewatch serve --workers N`` adds up a gauge over its workers (docs/monitoring.md):
 # "sum" (the default) over live workers, or "max". Counters and histograms are always summed.
-GAUGE_MERGE: dict[str, str] = {"gatewatch_circuit_state": "max"}
+# the alerts engine runs in one worker at a time (a lease): the others report 0 or an old count
+GAUGE_MERGE: dict[str, str] = {"gatewatch_circuit_state": "max", "gatewatch_alerts_firing": "max"}
 
 
 class _Series:

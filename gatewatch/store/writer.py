@@ -70,7 +70,6 @@ class RecordWriter:
         self.batch_size = batch_size
         self.linger = linger
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
-        self._in_flight = 0
         self._on_drop = on_drop
         self._redact = _Redactor(secrets)
         self._keep_bodies = keep_bodies
@@ -87,7 +86,10 @@ class RecordWriter:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize() + self._in_flight
+        """Records submitted and not yet stored: queued or in the batch being written (the
+        queue counts them from put to task_done, under its own lock, so no record is ever
+        between two counts)."""
+        return self._queue.unfinished_tasks
 
     def submit(self, record: Record) -> None:
         redact = self._redact
@@ -132,9 +134,9 @@ class RecordWriter:
             batch: list[object] = []
             if item is _STOP:
                 stopping = True
+                self._queue.task_done()
             else:
                 batch.append(item)
-                self._in_flight = 1  # counted as pending until stored
             # Linger briefly so that one transaction carries many records: fewer commits means
             # less work per record and no commit stall behind every single request.
             deadline = time.monotonic() + self.linger
@@ -150,13 +152,13 @@ class RecordWriter:
                     break
                 if item is _STOP:
                     stopping = True
+                    self._queue.task_done()
                 else:
                     batch.append(item)
-                    self._in_flight = len(batch)
             if batch:
-                self._in_flight = len(batch)
                 self._store(batch)
-                self._in_flight = 0
+                for _ in batch:
+                    self._queue.task_done()
         # drain whatever raced in behind the stop marker
         rest = []
         while True:
@@ -164,10 +166,14 @@ class RecordWriter:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is _STOP:
+                self._queue.task_done()
+            else:
                 rest.append(item)
         if rest:
             self._store(rest)
+            for _ in rest:
+                self._queue.task_done()
 
     def _store(self, batch: list[object]) -> None:
         delay = 0.05
