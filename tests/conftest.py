@@ -121,9 +121,17 @@ class RunningGateway:
             return r.json()["results"]  # type: ignore[no-any-return]
 
     def record(self, request_id: str, key: str | None = None) -> dict[str, Any]:
+        """The stored record of a request. Records are written off the request path: on a
+        loaded machine one may still be on its way when the client has the response, so a 404
+        is asked again for a few seconds before it counts."""
         self.wait_records()
+        deadline = time.monotonic() + 5.0
         with self.api(key) as c:
-            r = c.get(f"/api/v1/requests/{request_id}")
+            while True:
+                r = c.get(f"/api/v1/requests/{request_id}")
+                if r.status_code != 404 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert r.status_code == 200, r.text
             return r.json()  # type: ignore[no-any-return]
 
