@@ -373,6 +373,11 @@ def test_two_workers_report_the_sum_of_their_counters(tmp_path: Path, upstream: 
 
         # A worker that dies keeps its counts: the totals never go back.
         victim = max(served, key=lambda pid: served[pid])
+        # every worker writes its snapshot when it sees a scrape; on a loaded machine its poll
+        # may lag the scrapes above, so give it a moment and scrape again before killing one
+        time.sleep(1.0)
+        assert totals() == [sent] * 6
+        time.sleep(0.5)
         os.kill(victim, signal.SIGKILL)
         time.sleep(1)
         assert totals() == [sent] * 6
