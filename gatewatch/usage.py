@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from gatewatch.records import parse_ts
 from gatewatch.settings import CurrencySettings
 from gatewatch.store import FilterError, Scope, Store, parse_filters
-from gatewatch.store.rollups import DIMENSIONS, NBINS, NS, UsageSpec, percentile
+from gatewatch.store.rollups import DIMENSIONS, NBINS, NS, UsageSpec, percentile, sum_hist
 
 __all__ = ["BUCKETS", "Currency", "UsageError", "facets", "top", "usage"]
 
@@ -135,10 +135,11 @@ def _dims(value: str | None, param: str, allowed: Sequence[str], most: int) -> t
     return dims
 
 
-def _metrics(v: Sequence[int], currency: Currency) -> dict[str, Any]:
+def _metrics(v: Sequence[Any], currency: Currency) -> dict[str, Any]:
     requests = v[0]
     cost = v[7] / 1e9
-    lat, ttft = v[NS : NS + NBINS], v[NS + NBINS :]
+    hist = sum_hist(v[NS])
+    lat, ttft = hist[:NBINS], hist[NBINS:]
     return {
         "requests": requests,
         "errors": v[1],
@@ -159,13 +160,15 @@ def _metrics(v: Sequence[int], currency: Currency) -> dict[str, Any]:
     }
 
 
-def _add(into: list[int], v: Sequence[int]) -> None:
-    for i, x in enumerate(v):
-        into[i] += x
+def _add(into: list[Any], v: Sequence[Any]) -> None:
+    """Add one sum (NS scalars, then its histogram blobs) into another."""
+    for i in range(NS):
+        into[i] += v[i]
+    into[NS].extend(v[NS])
 
 
-def _zero() -> list[int]:
-    return [0] * (NS + 2 * NBINS)
+def _zero() -> list[Any]:
+    return [0] * NS + [[]]
 
 
 def _group(store: Store, dims: Sequence[str], keys: Iterable[tuple[str, ...]]) -> Any:
@@ -220,7 +223,7 @@ def usage(
     source, rows = store.usage_rows(scope, spec)
 
     nb = len(boundaries) - 1
-    series: dict[tuple[str, ...], list[list[int]]] = {}
+    series: dict[tuple[str, ...], list[list[Any]]] = {}
     for (bi, key), v in rows.items():
         if 0 <= bi < nb:
             _add(series.setdefault(key, [_zero() for _ in range(nb)])[bi], v)
@@ -231,7 +234,7 @@ def usage(
             _add(total, v)
         totals_by_key[key] = total
     order = sorted(series, key=lambda k: (-totals_by_key[k][7], -totals_by_key[k][0], k))
-    other: list[list[int]] | None = None
+    other: list[list[Any]] | None = None
     if top_n is not None and len(order) > top_n:
         other = [_zero() for _ in range(nb)]
         for key in order[top_n:]:
@@ -241,7 +244,7 @@ def usage(
     show = _group(store, group_by, order)
     labels = [_iso(s) for s in starts[:-1]]
 
-    def one(group: dict[str, Any], points: list[list[int]], is_other: bool) -> dict[str, Any]:
+    def one(group: dict[str, Any], points: list[list[Any]], is_other: bool) -> dict[str, Any]:
         total = _zero()
         for v in points:
             _add(total, v)
@@ -301,7 +304,7 @@ def top(
     lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
     spec = UsageSpec(lo, hi, (lo, hi), (dimension,), query)
     source, rows = store.usage_rows(scope, spec)
-    by_key: dict[tuple[str, ...], list[int]] = {}
+    by_key: dict[tuple[str, ...], list[Any]] = {}
     for (_bi, key), v in rows.items():
         _add(by_key.setdefault(key, _zero()), v)
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from gatewatch.store import RequestQuery, Scope, Store
-from gatewatch.store.rollups import NBINS, NS, UsageSpec, percentile, plan
+from gatewatch.store.rollups import NBINS, NS, UsageSpec, percentile, plan, sum_hist
 
 __all__ = ["HOUR", "Totals", "WindowReader", "latency_p95"]
 
@@ -71,10 +72,10 @@ class WindowReader:
         """Whether the rollups answer this rule (settings keep rules to those that do)."""
         return plan(scope, self.spec(0, HOUR)) is not None
 
-    def _columns(self, metrics: Sequence[int]) -> Vec:
+    def _columns(self, metrics: Sequence[Any]) -> Vec:
         cols = [float(metrics[i]) for i in _SCALARS]
-        if self.latency:
-            cols.extend(float(c) for c in metrics[NS : NS + NBINS])
+        if self.latency:  # the latency half of the row's summed histogram blobs
+            cols.extend(float(c) for c in sum_hist(metrics[NS])[:NBINS])
         return np.array(cols, dtype=np.float64)
 
     def read(self, store: Store, scope: Scope, lo: int, hi: int) -> dict[int, Totals]:

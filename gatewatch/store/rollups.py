@@ -485,7 +485,7 @@ class UsageSpec:
 
 
 # (where the numbers came from: "rollups" | "records", {(bucket index, group values): metrics})
-UsageRows = tuple[str, dict[tuple[int, tuple[str, ...]], list[int]]]
+UsageRows = tuple[str, dict[tuple[int, tuple[str, ...]], list[Any]]]
 
 
 def _ulid_floor(ts: int) -> str:
@@ -494,21 +494,25 @@ def _ulid_floor(ts: int) -> str:
     return str(ULID.from_bytes(ULID.from_timestamp(float(ts)).bytes[:6] + b"\x00" * 10))
 
 
-def _merge(out: dict[tuple[int, tuple[str, ...]], list[int]], rows: Sequence[Sequence[Any]],
+def _merge(out: dict[tuple[int, tuple[str, ...]], list[Any]], rows: Sequence[Sequence[Any]],
            ngroups: int) -> None:  # fmt: skip
-    """Rows of (bucket index, group values…, scalar sums…, histogram blob) into ``out``."""
+    """Rows of (bucket index, group values…, scalar sums…, histogram blob) into ``out``: per
+    key the NS scalar sums, then the list of histogram blobs (summed when an answer needs
+    them, see ``sum_hist``: a dense histogram per key would cost far more memory)."""
     for row in rows:
         key = (int(row[0]), tuple(str(v) for v in row[1 : 1 + ngroups]))
         have = out.get(key)
         if have is None:
-            have = out[key] = [0] * (NS + HIST_BINS)
+            have = out[key] = [0] * NS + [[]]
         for i, v in enumerate(row[1 + ngroups : 1 + ngroups + NS]):
             have[i] += int(v or 0)
-        dense = [0] * HIST_BINS
-        decode_into(row[-1], dense)
-        for i, c in enumerate(dense):
-            if c:
-                have[NS + i] += c
+        if row[-1]:
+            have[NS].append(row[-1])
+
+
+def sum_hist(blobs: list[bytes]) -> list[int]:
+    """The latency and TTFT histogram (HIST_BINS counts) of a list of blobs."""
+    return [int(c) for c in _sum_blobs(blobs)] if blobs else [0] * HIST_BINS
 
 
 def plan(scope: Scope, spec: UsageSpec) -> tuple[Cuboid, tuple[str, list[object]]] | None:
@@ -549,7 +553,7 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
         f" FROM {cuboid.table} r WHERE r.grain = ? AND r.bucket >= ? AND r.bucket < ?"
         f"{and_where(where, 'AND')} GROUP BY bi{groups}"
     )
-    out: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
     for grain, a, b in ranges:
         if a < b:
             _merge(out, db.execute(sql, [grain, a, b, *params]).fetchall(), len(spec.group_by))
@@ -558,7 +562,7 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
 
 def _raw(
     db: sqlite3.Connection, scope: Scope, spec: UsageSpec
-) -> dict[tuple[int, tuple[str, ...]], list[int]]:
+) -> dict[tuple[int, tuple[str, ...]], list[Any]]:
     where, params = spec.query.where(scope)
     conds = [where] if where else []
     conds += ["r.id >= ?", "r.id < ?"]
@@ -576,7 +580,7 @@ def _raw(
         f" FROM requests r{join} WHERE {' AND '.join(conds)}"
         f" AND {t} >= ? AND {t} < ? GROUP BY 1{group_nums}"
     )
-    out: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
     _merge(out, db.execute(sql, [*params, spec.lo, spec.hi]).fetchall(), len(spec.group_by))
     return out
 
