@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -109,13 +110,14 @@ def inspect_db(path: Path, provider: str, export_rows: int) -> DataInfo:
 class Client:
     """One keep-alive connection; reconnects when the server closes it."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, timeout: float) -> None:
         self.port = port
+        self.timeout = timeout
         self.conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self.conn is None:
-            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=600)
+            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
         return self.conn
 
     def close(self) -> None:
@@ -200,6 +202,8 @@ class Timing:
     max_ms: float | None = None
     runs_ms: list[float] = field(default_factory=list)
     response_bytes: int = 0
+    rss_peak_mb: float = 0.0  # the gateway's, sampled every 0.1 s during this query
+    warmup_ms: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -235,30 +239,66 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[18]
 
 
-def time_case(client: Client, case: Case, key: str, runs: int) -> Timing:
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pid: int, limit: float) -> float:
+    """After a request timed out the gateway is still computing it: wait (up to ``limit``
+    seconds) until it uses under 0.2 cores over a second, so the next figures are not skewed."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        before = _cpu_s(pid)
+        time.sleep(1.0)
+        if _cpu_s(pid) - before < 0.2:
+            break
+    return time.monotonic() - t0
+
+
+def time_case(client: Client, case: Case, key: str, args: argparse.Namespace, pid: int) -> Timing:
     t = Timing(case.name, case.scope, case.path, case.target_ms, "ok")
-    status, body, _ = client.call("GET", case.path, key)  # warm-up
+    with RssSampler(pid, interval=0.1) as sampler:
+        sampler.sample()
+        try:
+            _timed(client, case, key, args, t)
+        except TimeoutError:
+            client.close()
+            t.status, t.note = "error", f"no answer within {args.timeout:.0f} s"
+            log(f"{case.name} [{case.scope}]: {t.note}; waiting for the gateway to finish it")
+            log(f"gateway idle again after {wait_idle(pid, 3600):.0f} s")
+        t.rss_peak_mb = round(sampler.max_mb, 1)
+    return t
+
+
+def _timed(client: Client, case: Case, key: str, args: argparse.Namespace, t: Timing) -> None:
+    status, body, warm_ms = client.call("GET", case.path, key)  # warm-up
     if status != 200:
         if case.new_endpoint and status in (404, 405):
             t.status, t.note = "missing", MISSING
         else:
             t.status, t.note = "error", error_text(status, body)
         log(f"{case.name} [{case.scope}]: {t.note}")
-        return t
+        return
     with contextlib.suppress(ValueError):
         t.note = summarize(case.path, json.loads(body))
     t.response_bytes = len(body)
+    t.warmup_ms = round(warm_ms, 2)
+    runs = args.runs
+    if warm_ms > args.slow * 1000:  # tens of seconds per request: fewer runs
+        runs = min(runs, args.slow_runs)
+        t.note = f"{runs} runs: warm-up {warm_ms / 1000:.1f} s > --slow; {t.note}"
     for _ in range(runs):
         status, body, ms = client.call("GET", case.path, key)
         if status != 200:
             t.status, t.note = "error", error_text(status, body)
-            return t
+            return
         t.runs_ms.append(round(ms, 2))
     t.median_ms = round(statistics.median(t.runs_ms), 2)
     t.p95_ms = round(p95(t.runs_ms), 2)
     t.min_ms, t.max_ms = min(t.runs_ms), max(t.runs_ms)
     log(f"{case.name} [{case.scope}]: median {t.median_ms} ms, p95 {t.p95_ms} ms ({t.note})")
-    return t
 
 
 def build_cases(info: DataInfo, now: float, provider: str) -> dict[str, list[Case]]:
@@ -419,13 +459,28 @@ def print_report(info: DataInfo, timings: list[Timing], exports: list[Export], r
         f" admin of {info.org} ({info.org_share:.0%} of recent records),"
         f" member {info.user}\n"
     )
-    print(f"Queries: one warm-up, then {runs} timed requests (ms over HTTP, whole body read)\n")
-    head = ("query", "scope", "median", "p95", "min", "max", "target", "verdict", "answer")
+    print(
+        f"Queries: one warm-up, then {runs} timed requests (ms over HTTP, whole body read; after"
+        " a warm-up slower than --slow, --slow-runs); RSS MB: the gateway's peak during it\n"
+    )
+    head = (
+        "query",
+        "scope",
+        "median",
+        "p95",
+        "min",
+        "max",
+        "warm-up",
+        "target",
+        "verdict",
+        "RSS MB",
+        "answer",
+    )
     rows = []
     for t in timings:
         target = "—" if t.target_ms is None else f"< {t.target_ms:.0f}"
         if t.status != "ok":
-            rows.append((t.name, t.scope, t.note, "", "", "", target, "—", ""))
+            rows.append((t.name, t.scope, t.note, "", "", "", "", target, "—", t.rss_peak_mb, ""))
             continue
         rows.append(
             (
@@ -435,8 +490,10 @@ def print_report(info: DataInfo, timings: list[Timing], exports: list[Export], r
                 fmt_ms(t.p95_ms),
                 fmt_ms(t.min_ms),
                 fmt_ms(t.max_ms),
+                fmt_ms(t.warmup_ms),
                 target,
                 t.verdict,
+                f"{t.rss_peak_mb:.0f}",
                 t.note,
             )
         )
@@ -504,7 +561,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     )
     gw_log = tmp / "gateway.log"
     gateway = start_gateway(exe, cfg, port, gw_log)
-    client = Client(port)
+    client = Client(port, args.timeout)
     keys: list[str] = []
     try:
         took = wait_ready(gateway, client, gw_log, args.ready_timeout)
@@ -522,7 +579,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
         timings: list[Timing] = []
         for role, cases in build_cases(info, now, args.provider).items():
             for case in cases:
-                timings.append(time_case(client, case, secrets[role], args.runs))
+                timings.append(time_case(client, case, secrets[role], args, gateway.pid))
         exports: list[Export] = []
         if not args.no_export:
             for fmt in ("csv", "jsonl"):
@@ -565,6 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--runs", type=int, default=10, help="timed requests per query (after 1 warm-up)"
     )
+    p.add_argument(
+        "--slow", type=float, default=20.0, help="seconds: after a slower warm-up, --slow-runs"
+    )
+    p.add_argument("--slow-runs", type=int, default=2, help="timed runs of a slow query")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per request")
     p.add_argument("--provider", default="anthropic", help="provider of the filtered list pages")
     p.add_argument("--export-rows", type=int, default=1_000_000, help="records in the export range")
     p.add_argument("--export-runs", type=int, default=1, help="exports per format")
