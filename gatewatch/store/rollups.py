@@ -488,7 +488,8 @@ class UsageSpec:
 UsageRows = tuple[str, dict[tuple[int, tuple[str, ...]], list[Any]]]
 
 
-def _ulid_floor(ts: int) -> str:
+def ulid_floor(ts: float) -> str:
+    """The smallest id of the millisecond ``ts`` (ids are ULIDs that start with their time)."""
     from ulid import ULID
 
     return str(ULID.from_bytes(ULID.from_timestamp(float(ts)).bytes[:6] + b"\x00" * 10))
@@ -566,7 +567,7 @@ def _raw(
     where, params = spec.query.where(scope)
     conds = [where] if where else []
     conds += ["r.id >= ?", "r.id < ?"]
-    params = [*params, _ulid_floor(spec.lo), _ulid_floor(spec.hi)]
+    params = [*params, ulid_floor(spec.lo), ulid_floor(spec.hi)]
     join = (
         " JOIN request_facets f ON f.request_id = r.id AND f.name = 'tag'"
         if "tag" in spec.group_by
