@@ -124,6 +124,14 @@ def match_proxy_path(path: str) -> tuple[Endpoint, str | None] | None:
     return None
 
 
+def _encodes(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
 def _status_of(code: int) -> str:
     return "ok" if code < 400 else "error"
 
@@ -373,7 +381,17 @@ class ProxyHandler:
                     },
                 }
                 changed = strip_usage = True
-        return (orjson.dumps(payload) if changed else body), strip_usage
+        if not changed:
+            return body, strip_usage
+        try:
+            return orjson.dumps(payload), strip_usage
+        except orjson.JSONEncodeError:  # orjson reads 1,024 levels but writes only 254
+            deep = next((k for k, v in payload.items() if not _encodes(v)), "body")
+            raise GatewayError(
+                400,
+                f"'{deep}' is nested too deeply to forward (JSON deeper than 254 levels)",
+                "invalid_json",
+            ) from None
 
     async def _forward(
         self,
