@@ -445,7 +445,8 @@ class _Simulator:
         raw = await request.body()
         try:
             body: object = json.loads(raw) if raw else None
-        except ValueError:
+            orjson.dumps(body)  # echoed fields must encode again, as a provider would refuse
+        except (ValueError, RecursionError, orjson.JSONEncodeError):  # too deep, ints over 64 bits
             body = None
         self.received.append(
             {
