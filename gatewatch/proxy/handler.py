@@ -42,6 +42,9 @@ Send = Callable[[Message], Awaitable[None]]
 _JSON = b"application/json"
 _FORWARD_HEADERS = (b"anthropic-version", b"anthropic-beta", b"openai-beta")
 _RELAY_HEADERS = {"retry-after", "x-request-id", "request-id", "openai-processing-ms"}
+# A header value may not hold control bytes (the server refuses the whole response): in a model
+# name, the client's or the provider's text, they become "?".
+_HEADER_SAFE = bytes(b if b == 9 or (b >= 0x20 and b != 0x7F) else 0x3F for b in range(256))
 
 
 class _ClientGone(Exception):
@@ -561,7 +564,10 @@ class ProxyHandler:
             (b"content-type", content_type),
             (b"x-gatewatch-request-id", rec.id.encode()),
             (b"x-gatewatch-provider", (rec.provider or "").encode()),
-            (b"x-gatewatch-model", (model or "").encode("utf-8", "replace")),
+            (
+                b"x-gatewatch-model",
+                (model or "").encode("utf-8", "replace").translate(_HEADER_SAFE),
+            ),
             (b"x-gatewatch-attempts", str(len(rec.attempts)).encode()),
         ]
 
