@@ -15,6 +15,15 @@ Message = dict[str, Any]
 _TEXT_TYPES = {"text", "input_text", "output_text"}
 
 
+def _list(value: Any) -> list[Any]:
+    """A field that should be a list, as sent by a client or provider: anything else is empty."""
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "content": text}
 
@@ -79,7 +88,7 @@ def _chat_tool_calls(calls: Any) -> list[dict[str, Any]]:
     out = []
     for call in calls if isinstance(calls, list) else []:
         if isinstance(call, dict):
-            fn = call.get("function") or {}
+            fn = _dict(call.get("function"))
             out.append(
                 {"type": "tool_call", "id": call.get("id"), "name": str(fn.get("name", "")),
                  "arguments": _json_or_text(fn.get("arguments"))}
@@ -89,7 +98,7 @@ def _chat_tool_calls(calls: Any) -> list[dict[str, Any]]:
 
 def _chat_input(payload: dict[str, Any]) -> list[Message]:
     out: list[Message] = []
-    for m in payload.get("messages") or []:
+    for m in _list(payload.get("messages")):
         if not isinstance(m, dict):
             continue
         role = str(m.get("role", "user"))
@@ -109,10 +118,10 @@ def _chat_input(payload: dict[str, Any]) -> list[Message]:
 
 def _chat_output(body: dict[str, Any]) -> list[Message]:
     out: list[Message] = []
-    for choice in body.get("choices") or []:
+    for choice in _list(body.get("choices")):
         if not isinstance(choice, dict):
             continue
-        msg = choice.get("message") or {}
+        msg = _dict(choice.get("message"))
         parts = _parts(msg.get("content")) + _chat_tool_calls(msg.get("tool_calls"))
         out.append(
             {"role": "assistant", "parts": parts,
@@ -129,7 +138,7 @@ def _anthropic_system(payload: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _anthropic_input(payload: dict[str, Any]) -> list[Message]:
     return [
         {"role": str(m.get("role", "user")), "parts": _parts(m.get("content"))}
-        for m in payload.get("messages") or []
+        for m in _list(payload.get("messages"))
         if isinstance(m, dict)
     ]
 
@@ -165,7 +174,7 @@ def _responses_items(items: Any) -> list[Message]:
                      "response": item.get("output")}]}
             )  # fmt: skip
         elif kind == "reasoning":
-            texts = [s.get("text") for s in item.get("summary") or [] if isinstance(s, dict)]
+            texts = [s.get("text") for s in _list(item.get("summary")) if isinstance(s, dict)]
             text = "\n".join(t for t in texts if isinstance(t, str))
             out.append({"role": "assistant", "parts": [{"type": "reasoning", "content": text}]})
     return out
