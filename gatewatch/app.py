@@ -9,6 +9,8 @@ import gc
 import logging
 import os
 
+import orjson
+
 from gatewatch.alerts import Alerts
 from gatewatch.api import create_api
 from gatewatch.auth import ADMIN_KEY_ID, KeyCache, hash_key
@@ -28,6 +30,7 @@ from gatewatch.proxy.handler import (
 from gatewatch.retention import Retention
 from gatewatch.settings import Settings
 from gatewatch.store import RecordWriter, Scope, Store, open_store
+from gatewatch.store.spool import Spool
 from gatewatch.tracing import Tracing
 
 __all__ = ["Gateway", "app_from_environment", "create_app"]
@@ -47,15 +50,26 @@ class Gateway:
         secrets = [p.api_key.get_secret_value() for p in settings.providers if p.api_key]
         if settings.admin_key is not None:
             secrets.append(settings.admin_key.get_secret_value())
+        spool_path = settings.spool_path
         self.writer = RecordWriter(
             self.store,
             max_pending=settings.record_queue_size,
             batch_size=settings.record_batch_size,
             secrets=secrets,
+            redact=settings.redact,
             on_drop=self.metrics.records_dropped.inc,
             keep_bodies=settings.content == "full",
+            spool=Spool(spool_path, settings.spool.max_bytes) if spool_path else None,
+            spill_after=settings.spool.spill_after,
+            on_full=settings.spool.on_full,
         )
-        self.metrics.records_pending.set_function(lambda: self.writer.pending)
+        writer = self.writer
+        self.metrics.records_pending.set_function(lambda: writer.pending)
+        if writer.spool is not None:
+            spool = writer.spool
+            self.metrics.spool_records.set_function(lambda: spool.records)
+            self.metrics.spool_bytes.set_function(lambda: spool.size)
+        self.metrics.spool_full.set_function(lambda: int(writer.spool_full))
         self.controls = Controls(settings, self.store, self.metrics)
         self.breakers = CircuitBreakers.from_settings(settings.circuit_breaker)
         for targets in (settings.models or {}).values():
@@ -129,14 +143,17 @@ class Gateway:
         await self.controls.close()
         pending = self.writer.pending
         await asyncio.to_thread(self.writer.close, self.settings.shutdown_timeout)
-        if self.writer.pending:
+        if self.writer.spool is None and self.writer.pending:
             log.error(
                 "the database did not take %d record(s) within %.0fs of shutdown; they are lost",
                 self.writer.pending,
                 self.settings.shutdown_timeout,
             )
         else:
-            log.info("stored %d pending record(s) before exit", pending)
+            log.info(
+                "stored %d pending record(s) before exit",
+                max(pending - self.writer.left_in_spool, 0),
+            )
         await asyncio.to_thread(self.store.close)
         self.metrics_endpoint.close()
 
@@ -151,11 +168,63 @@ class Gateway:
             if path == "/metrics":
                 await self.metrics_endpoint(scope, send)
                 return
+            if path == "/readyz":
+                await self._readyz(send)
+                return
             await self.api(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:  # websocket: not served
             await self.api(scope, receive, send)
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        """``GET /readyz``: 200 while the gateway serves and keeps every record (stored, or
+        spooled while the database is away: "degraded"), 503 before it is started or while it
+        turns traffic away (spool full with ``on_full: refuse``)."""
+        writer = self.writer.state()
+        session = self.proxy.session
+        checks: dict[str, dict[str, object]] = {
+            "config": {"ok": True, "providers": len(self.settings.providers)},
+            "store": {
+                "ok": writer["state"] == "ok",
+                "state": writer["state"],  # ok | spooling
+                "last_error": writer["last_error"],
+                "queued": writer["queued"],
+            },
+            "spool": {
+                "ok": not writer["spool_full"],
+                "enabled": self.writer.spool is not None,
+                "records": writer["spool_records"],
+                "bytes": writer["spool_bytes"],
+                "max_bytes": writer["spool_max_bytes"],
+                "full": writer["spool_full"],
+                "on_full": self.settings.spool.on_full,
+            },
+            "records": {"ok": not writer["dropped"], "dropped": writer["dropped"]},
+            "upstream": {"ok": session is not None and not session.closed},
+        }
+        degraded = [name for name, check in checks.items() if not check["ok"]]
+        if not self.started or not checks["upstream"]["ok"] or self.writer.refusing:
+            status, code = "unavailable", 503
+        else:
+            status, code = ("degraded" if degraded else "ready"), 200
+        return code, {"status": status, "degraded": degraded, "checks": checks}
+
+    async def _readyz(self, send: Send) -> None:
+        code, body = self.readiness()
+        payload = orjson.dumps(body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -37,7 +37,11 @@ _OTHER = "other"
 # How ``gatewatch serve --workers N`` adds up a gauge over its workers (docs/monitoring.md):
 # "sum" (the default) over live workers, or "max". Counters and histograms are always summed.
 # the alerts engine runs in one worker at a time (a lease): the others report 0 or an old count
-GAUGE_MERGE: dict[str, str] = {"gatewatch_circuit_state": "max", "gatewatch_alerts_firing": "max"}
+GAUGE_MERGE: dict[str, str] = {
+    "gatewatch_circuit_state": "max",
+    "gatewatch_alerts_firing": "max",
+    "gatewatch_spool_full": "max",
+}
 
 
 class _Series:
@@ -166,6 +170,21 @@ class Metrics:
         self.records_pending = Gauge(
             "gatewatch_records_pending", "Request records not yet stored", registry=r
         )
+        self.spool_records = Gauge(
+            "gatewatch_spool_records",
+            "Request records waiting in the on-disk spool for the database (part of"
+            " gatewatch_records_pending)",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "gatewatch_spool_bytes", "Bytes of records waiting in the on-disk spool", registry=r
+        )
+        self.spool_full = Gauge(
+            "gatewatch_spool_full",
+            "1 while the spool is at its size limit (records dropped oldest first, or new"
+            " requests refused with 503, by spool.on_full)",
+            registry=r,
+        )
         self.counters_unavailable = Counter(
             "gatewatch_counters_unavailable",
             "Admissions decided on per-process counters because Redis was unreachable",
@@ -178,7 +197,9 @@ class Metrics:
             registry=r,
         )
         self.records_dropped = Counter(
-            "gatewatch_records_dropped", "Request records dropped (queue full)", registry=r
+            "gatewatch_records_dropped",
+            "Request records dropped (queue full, or spool full with on_full: drop_oldest)",
+            registry=r,
         )
         self.alerts_firing = Gauge(
             "gatewatch_alerts_firing",

@@ -132,6 +132,50 @@ class RetentionSettings(_Section):
         return parse_duration(v)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+def parse_size(value: Any) -> int:
+    """``512MB``, ``1GiB``, ``64kb`` or a bare number of bytes → bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    m = _SIZE.match(str(value))
+    if m is None:
+        raise ValueError(f"{value!r} is not a size (e.g. 512MB, 1GiB, or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+
+
+class SpoolSettings(_Section):
+    """Where records wait on disk while the database is slow, locked or down (§S)."""
+
+    path: str | None = Field(
+        default=None,
+        description="Spool directory (default: next to the SQLite file, '<file>-spool')",
+    )
+    max_bytes: int = Field(
+        default=1 << 30, gt=0, description="Largest spool on disk (e.g. 512MB, 1GiB)"
+    )
+    on_full: Literal["drop_oldest", "refuse"] = Field(
+        default="drop_oldest",
+        description="When the spool is full: drop the oldest spooled records and keep serving,"
+        " or refuse new requests with 503 until the database takes records again",
+    )
+    spill_after: float = Field(
+        default=0.5, gt=0, description="Seconds a database write may take before records spool"
+    )
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @field_validator("spill_after", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
 class LimitsSettings(_Section):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="Largest request body")
 
@@ -422,6 +466,12 @@ class Settings(_Section):
     analytics: str | None = Field(default=None, description="clickhouse://… for records at scale")
     content: Literal["full", "metadata_only"] = "full"
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    redact: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions whose matches are replaced by [REDACTED] in stored"
+        " bodies, prompts, tool arguments and error messages (e.g. emails, card numbers)",
+    )
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     currency: CurrencySettings = Field(default_factory=CurrencySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -457,6 +507,16 @@ class Settings(_Section):
             if p.name in seen:
                 raise ValueError(f"provider name {p.name!r} is used twice")
             seen.add(p.name)
+        return v
+
+    @field_validator("redact")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for i, pattern in enumerate(v):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"[{i}] {pattern!r} is not a regular expression: {exc}") from None
         return v
 
     @field_validator("redis")
@@ -496,6 +556,15 @@ class Settings(_Section):
     @property
     def sqlite_path(self) -> str:
         return self.database.removeprefix("sqlite:///")
+
+    @property
+    def spool_path(self) -> str | None:
+        """The spool directory; None (no spool) for an in-memory database without a path."""
+        if self.spool.path:
+            return self.spool.path
+        if self.database.startswith("sqlite:///") and self.sqlite_path != ":memory:":
+            return self.sqlite_path + "-spool"
+        return None if self.database.startswith("sqlite:///") else "gatewatch-spool"
 
 
 def _interpolate(value: Any, env: dict[str, str], path: str) -> Any:

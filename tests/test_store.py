@@ -435,7 +435,7 @@ def test_writer_drops_and_counts_when_the_queue_is_full(store: Store) -> None:
         slow,  # type: ignore[arg-type]
         max_pending=1,
         batch_size=16,
-        on_drop=lambda: drops.append(1),
+        on_drop=drops.append,
     )
     writer.start()
     first, second, third, fourth = (_rec() for _ in range(4))
@@ -445,7 +445,7 @@ def test_writer_drops_and_counts_when_the_queue_is_full(store: Store) -> None:
         writer.submit(second)  # fills the queue
         writer.submit(third)  # dropped
         writer.submit(fourth)  # dropped
-        assert writer.dropped == 2 and len(drops) == 2
+        assert writer.dropped == 2 and drops == [1, 1]
         assert writer.pending == 2
     finally:
         slow.release.set()

@@ -223,6 +223,13 @@ class ProxyHandler:
             rec.api_key_id, rec.api_key_name = ident.key_id, ident.key_name
             rec.user_id, rec.user = ident.user_id, ident.user_name
             rec.org_id, rec.org = ident.org_id, ident.org_name
+            if self.writer.refusing:  # spool.on_full: refuse (an audit trail with no holes)
+                raise GatewayError(
+                    503,
+                    "the gateway cannot record requests right now (database down and record"
+                    " spool full); try again later",
+                    "records_unavailable",
+                )
             body = await self._read_body(scope, receive, headers)
             if endpoint.kind == "models":
                 apply_attribution(rec, headers, {})

@@ -77,6 +77,14 @@ class Store(abc.ABC):
     def insert_prepared(self, batch: Sequence[object]) -> None:
         """Store prepared records in one transaction; storing one twice is harmless."""
 
+    @abc.abstractmethod
+    def spool_encode(self, prepared: object) -> bytes:
+        """A prepared record as one line of JSON for the durable spool (no newline in it)."""
+
+    @abc.abstractmethod
+    def spool_decode(self, payload: bytes) -> object:
+        """The prepared record back from ``spool_encode``'s bytes."""
+
     def insert_records(self, records: Sequence[Record]) -> None:
         self.insert_prepared([self.prepare(r) for r in records])
 

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from ulid import ULID
@@ -285,6 +285,17 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
             _facts(record),
             rid,
         )
+
+    def spool_encode(self, prepared: object) -> bytes:
+        row, facets, body, facts, rid = cast(_Prepared, prepared)
+        return orjson.dumps(
+            [row.decode(), facets and facets.decode(), body and body.decode(), facts, rid]
+        )
+
+    def spool_decode(self, payload: bytes) -> _Prepared:
+        row, facets, body, (key, scalars, lb, tb, end_user, tags), rid = orjson.loads(payload)
+        facts = (tuple(key), tuple(scalars), lb, tb, end_user, tuple(tags))
+        return row.encode(), facets and facets.encode(), body and body.encode(), facts, rid
 
     def insert_prepared(self, batch: Sequence[object]) -> None:
         prepared: Sequence[_Prepared] = batch  # type: ignore[assignment]
