@@ -3,6 +3,7 @@ and are stored once, in order, when it is back."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -374,8 +375,9 @@ def test_full_spool_with_refuse_answers_503_in_the_family_shape(
 
 
 def test_metadata_only_keeps_prompts_out_of_every_file(
-    start_gateway: Callable[..., RunningGateway], tmp_path: Path
+    start_gateway: Callable[..., RunningGateway], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     data = tmp_path / "data"
     gw = start_gateway(
         content="metadata_only",
@@ -418,6 +420,7 @@ def test_metadata_only_keeps_prompts_out_of_every_file(
     ]
     assert found == []
     assert not any(word.encode() in spooled for word in secret_words)
+    assert "zebra-cobalt" not in caplog.text and "spool" in caplog.text  # logs were captured
 
 
 def test_redaction_patterns_apply_to_stored_bodies_prompts_and_tool_arguments(
