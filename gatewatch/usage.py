@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -28,7 +28,7 @@ TOP_METRICS = ("cost_usd", "requests", "tokens", "errors")
 _NAMED = {"org", "user", "api_key"}  # dimensions held as ids, shown by name
 _MAX_BUCKETS = 5000
 USAGE_PARAMS = ("start", "end", "bucket", "tz", "group_by", "top", "currency", "q")
-TOP_PARAMS = ("start", "end", "dimension", "metric", "limit", "currency", "q")
+TOP_PARAMS = ("start", "end", "dimension", "metric", "limit", "currency", "q", "percentiles")
 
 
 # A bad parameter, named by ``param``: the same error the record filters raise.
@@ -40,6 +40,17 @@ def _choice(p: dict[str, str], name: str, default: str | None, allowed: Sequence
     if value is None or value not in allowed:
         raise UsageError(name, f"{value!r} is not one of {', '.join(allowed)}")
     return value
+
+
+def _flag(p: dict[str, str], name: str, default: bool) -> bool:
+    value = p.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise UsageError(name, f"{value!r} is not true or false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +76,20 @@ def _zone(name: str | None) -> ZoneInfo:
         raise UsageError("tz", f"unknown time zone {name!r} (use an IANA name)") from None
 
 
+# 1970-01-01 and 9999-01-01: record ids (ULIDs) start in 1970; buckets must end before 10000.
+_FIRST_TS, _LAST_TS = 0.0, 253_370_764_800.0
+
+
 def _time(param: str, value: str | None, default: float) -> float:
     if value is None:
         return default
     try:
-        return parse_ts(value)
+        ts = parse_ts(value)
     except ValueError:
         raise UsageError(param, f"{value!r} is not an RFC 3339 time or a date") from None
+    if not _FIRST_TS <= ts < _LAST_TS:
+        raise UsageError(param, f"{value!r} is not between 1970-01-01 and 9998-12-31")
+    return ts
 
 
 def _floor(ts: float, bucket: str, tz: ZoneInfo) -> datetime:
@@ -158,6 +176,9 @@ def _metrics(v: Sequence[Any], currency: Currency) -> dict[str, Any]:
         "ttft_p50_ms": percentile(ttft, 0.5),
         "ttft_p95_ms": percentile(ttft, 0.95),
     }
+
+
+_PERCENTILES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms")
 
 
 def _add(into: list[Any], v: Sequence[Any]) -> None:
@@ -301,8 +322,12 @@ def top(
     limit = _positive(p.get("limit"), "limit", 1000) or 10
     currency = Currency.choose(currency_settings, p.get("currency"))
     query = parse_filters(params, TOP_PARAMS, p.get("q"))
+    percentiles = _flag(p, "percentiles", True)
     lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
-    spec = UsageSpec(lo, hi, (lo, hi), (dimension,), query)
+    # Rank on the sums alone (no histograms: SQLite's own arithmetic), then merge the latency
+    # histograms of the groups shown only: a leaderboard of 10 out of thousands of users or
+    # clients does not pay for the percentiles of the rest.
+    spec = UsageSpec(lo, hi, (lo, hi), (dimension,), query, histograms=False)
     source, rows = store.usage_rows(scope, spec)
     by_key: dict[tuple[str, ...], list[Any]] = {}
     for (_bi, key), v in rows.items():
@@ -313,11 +338,19 @@ def top(
 
     total = sum(value(v) for v in by_key.values())
     order = sorted(by_key, key=lambda k: (-value(by_key[k]), k))[:limit]
+    if percentiles and order:
+        shown = replace(spec, histograms=True, only=tuple(k[0] for k in order))
+        for (_bi, key), v in store.usage_rows(scope, shown)[1].items():
+            if key in by_key:
+                by_key[key][NS].extend(v[NS])
     show = _group(store, (dimension,), order)
     results = []
     for rank, key in enumerate(order, 1):
         m = _metrics(by_key[key], currency)
         m["tokens"] = m["input_tokens"] + m["output_tokens"]
+        if not percentiles:
+            for name in _PERCENTILES:
+                del m[name]
         share = value(by_key[key]) / total if total else 0.0
         results.append({"rank": rank, **show(key), **m, "share": round(share, 6)})
     return {

@@ -271,6 +271,16 @@ def test_leaderboard_and_facets(seeded: Seeded) -> None:
     assert first["cost_usd"] == pytest.approx(spend[ranked[0]]["cost_usd"], abs=1e-8)
     total = sum(v["cost_usd"] for v in spend.values())
     assert first["share"] == pytest.approx(spend[ranked[0]]["cost_usd"] / total, abs=1e-5)
+    for row in body["results"]:  # percentiles of each shown group: its own records, all of them
+        _check(row, spend[row["user"]])
+    bare = seeded.api("/api/v1/usage/top", dimension="user", metric="cost_usd", limit=2,
+                      percentiles="false", start="2026-10-29T00:00:00Z",
+                      end="2026-11-05T00:00:00Z").json()  # fmt: skip
+    assert [row["user"] for row in bare["results"]] == ranked[:2]
+    assert "latency_p95_ms" not in bare["results"][0]
+    assert bare["results"][0]["cost_usd"] == first["cost_usd"]
+    bad = seeded.api("/api/v1/usage/top", dimension="user", percentiles="maybe")
+    assert bad.status_code == 400 and "percentiles" in bad.json()["error"]["message"]
     week = {"start": "2026-10-29T00:00:00Z", "end": "2026-11-05T00:00:00Z"}
     tokens = seeded.api("/api/v1/usage/top", dimension="model", metric="tokens", **week).json()
     per_model = _expected(seeded.records, lambda rec: rec.model or rec.model_requested)

@@ -384,11 +384,12 @@ def write(db: sqlite3.Connection, batch: Sequence[Facts]) -> None:
             db.executemany(UPSERTS[table], [(*k, *m[:NS], encode(m[NS])) for k, m in rows.items()])
 
 
-def rollup_sums() -> str:
-    return ", ".join([*(f"sum(r.{m})" for m in SCALARS), "gw_hist_sum(r.hist)"])
+def rollup_sums(histograms: bool = True) -> str:
+    hist = "gw_hist_sum(r.hist)" if histograms else "NULL"
+    return ", ".join([*(f"sum(r.{m})" for m in SCALARS), hist])
 
 
-def raw_sums() -> str:
+def raw_sums(histograms: bool = True) -> str:
     """The same sums over raw records (alias r): the fallback path."""
     return ", ".join(
         [
@@ -402,7 +403,7 @@ def raw_sums() -> str:
             "sum(CAST(round(coalesce(r.cost_usd, 0) * 1e9) AS INTEGER))",
             "sum(r.cost_usd IS NULL)",
             "sum(CAST(round(r.duration_ms) AS INTEGER))",
-            "gw_hist_raw(r.duration_ms, r.ttft_ms)",
+            "gw_hist_raw(r.duration_ms, r.ttft_ms)" if histograms else "NULL",
         ]
     )
 
@@ -482,6 +483,8 @@ class UsageSpec:
     group_by: tuple[str, ...]
     query: RequestQuery
     force_raw: bool = False
+    histograms: bool = True  # False: no latency/TTFT histograms (no percentiles), cheaper
+    only: tuple[str, ...] | None = None  # just these values of the first group_by dimension
 
 
 # (where the numbers came from: "rollups" | "records", {(bucket index, group values): metrics})
@@ -549,15 +552,21 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
         if d0 < d1:
             ranges = [("h", lo, d0), ("d", d0, d1), ("h", d1, hi)]
     groups = "".join(f", r.{DIMENSIONS[d]}" for d in spec.group_by)
+    only, only_params = "", []
+    if spec.only is not None:
+        only = f" AND r.{DIMENSIONS[spec.group_by[0]]} IN ({','.join('?' * len(spec.only))})"
+        only_params = list(spec.only)
     sql = (
-        f"SELECT {bucket_index('r.bucket', spec.boundaries)} AS bi{groups}, {rollup_sums()}"
+        f"SELECT {bucket_index('r.bucket', spec.boundaries)} AS bi{groups},"
+        f" {rollup_sums(spec.histograms)}"
         f" FROM {cuboid.table} r WHERE r.grain = ? AND r.bucket >= ? AND r.bucket < ?"
-        f"{and_where(where, 'AND')} GROUP BY bi{groups}"
+        f"{and_where(where, 'AND')}{only} GROUP BY bi{groups}"
     )
     out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
     for grain, a, b in ranges:
         if a < b:
-            _merge(out, db.execute(sql, [grain, a, b, *params]).fetchall(), len(spec.group_by))
+            rows = db.execute(sql, [grain, a, b, *params, *only_params]).fetchall()
+            _merge(out, rows, len(spec.group_by))
     return "rollups", out
 
 
@@ -573,11 +582,14 @@ def _raw(
         if "tag" in spec.group_by
         else ""
     )
+    if spec.only is not None:
+        conds.append(f"{raw_dim(spec.group_by[0])} IN ({','.join('?' * len(spec.only))})")
+        params.extend(spec.only)
     groups = "".join(f", {raw_dim(d)}" for d in spec.group_by)
     group_nums = "".join(f", {i + 2}" for i in range(len(spec.group_by)))
     t = "unixepoch(r.started_at)"
     sql = (
-        f"SELECT {bucket_index(t, spec.boundaries)}{groups}, {raw_sums()}"
+        f"SELECT {bucket_index(t, spec.boundaries)}{groups}, {raw_sums(spec.histograms)}"
         f" FROM requests r{join} WHERE {' AND '.join(conds)}"
         f" AND {t} >= ? AND {t} < ? GROUP BY 1{group_nums}"
     )

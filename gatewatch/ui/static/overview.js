@@ -145,7 +145,7 @@
         h("td", { class: "num", text: GW.count(u.requests) }),
         h("td", {}, shareBar(u.share)),
       ] },
-    "top-models": { dimension: "model", limit: 8, empty: "No models used in this range",
+    "top-models": { dimension: "model", limit: 8, percentiles: true, empty: "No models used in this range",
       row: (m) => [
         h("td", {}, logLink(m.model ?? "(none)", m.model ? { model: m.model } : {})),
         h("td", { class: "num", text: GW.money(m.cost) }),
@@ -180,7 +180,8 @@
     const span = boardsSpan;
     // each table is drawn as soon as its own answer arrives
     await Promise.all(Object.entries(BOARDS).map(async ([id, b]) => {
-      const top = await GW.api("/api/v1/usage/top", { ...span, dimension: b.dimension, limit: b.limit });
+      const top = await GW.api("/api/v1/usage/top",
+        { ...span, dimension: b.dimension, limit: b.limit, percentiles: Boolean(b.percentiles) });
       if (mine === generation) table(id, top.results, b.row, b.empty);
     }));
     if (mine !== generation) return;
