@@ -12,11 +12,17 @@ turn (not a tool result) mentioning "weather", the answer calls the first tool w
 Model-name substrings (both families): ``error-500|529|429|400|401`` → that status with the
 family's error body (429 adds ``retry-after: 1``); ``timeout`` → 30 s wait before answering (cut
 short if the client leaves); ``slow`` → 0.3 s between stream events / before blocking answers;
-``broken`` → the stream drops after 3 content events; ``cached`` → OpenAI ``cached_tokens`` =
-input // 2 (inside prompt tokens), Anthropic cache read 100 / creation 20 (outside
-``input_tokens``); ``o<digit>…`` → OpenAI ``reasoning_tokens`` = 7 (inside output tokens).
-OpenAI chat/responses report a dated model (``gpt-4o-mini`` → ``gpt-4o-mini-2024-07-18``) unless
-it already ends in a date or contains ``sim-``; Anthropic echoes the requested model.
+``broken`` → the stream drops after 3 content events; ``nousage`` → no usage anywhere (blocking
+bodies, stream chunks and events), whatever the request asked for; ``garbled`` → stream events
+end lines in CRLF and come with a comment line, ``id:``/``retry:`` fields, an event of an unknown
+type and a data line that is not JSON (what a lenient provider may send; the ``openai`` SDK
+cannot parse the last one); ``error-html-502`` / ``error-empty-500`` / ``error-text-429`` → that
+status with an HTML page, an empty body, or plain text with ``retry-after: 7``; ``cached`` →
+OpenAI ``cached_tokens`` = input // 2 (inside prompt tokens), Anthropic cache read 100 /
+creation 20 (outside ``input_tokens``); ``o<digit>…`` → OpenAI ``reasoning_tokens`` = 7
+(inside output tokens). OpenAI chat/responses report a dated model (``gpt-4o-mini`` →
+``gpt-4o-mini-2024-07-18``) unless it already ends in a date or contains ``sim-``; Anthropic
+echoes the requested model.
 """
 
 from __future__ import annotations
@@ -75,6 +81,22 @@ _FAILURES: tuple[tuple[str, int, _ErrorKind, str], ...] = (
     ("error-429", 429, ("requests", "rate_limit_exceeded", "rate_limit_error"), "Rate limited."),
     ("error-400", 400, _INVALID, "Bad request."),
     ("error-401", 401, _UNAUTHENTICATED, "Incorrect API key provided."),
+)
+# Failures whose body is not the provider's JSON (a proxy or load balancer answering instead):
+# model-name marker, HTTP status, content type, body, extra headers.
+_RAW_FAILURES: tuple[tuple[str, int, str, bytes, dict[str, str]], ...] = (
+    ("error-html-502", 502, "text/html",
+     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+     b"</body>\r\n</html>\r\n", {}),
+    ("error-empty-500", 500, "text/plain", b"", {}),
+    ("error-text-429", 429, "text/plain", b"Too Many Requests", {"retry-after": "7"}),
+)  # fmt: skip
+# What ``garbled`` streams add after their first event (CRLF line ends, like every event).
+_GARBLE = (
+    b": a comment line, which clients ignore\r\n\r\n",
+    b'event: simulator.unknown\r\ndata: {"type": "simulator.unknown"}\r\n\r\n',
+    b"data: this data line is not JSON\r\n\r\n",
 )
 
 _MODELS: tuple[tuple[str, str], ...] = (
@@ -174,6 +196,10 @@ def _dated(model: str) -> str:
     return model + _DATE_SUFFIX
 
 
+def _reports_usage(model: str) -> bool:
+    return "nousage" not in model
+
+
 def _cached(model: str) -> bool:
     return "cached" in model
 
@@ -224,6 +250,18 @@ def _vector(text: str) -> list[float]:
 def _sse(payload: Json, event: str | None = None) -> bytes:
     data = b"data: " + orjson.dumps(payload) + b"\n\n"
     return f"event: {event}\n".encode() + data if event else data
+
+
+def _garbled(events: list[_Event]) -> list[_Event]:
+    """The same events with CRLF line ends, ``id:``/``retry:`` fields, and the ``_GARBLE``
+    extras after the first event."""
+    out: list[_Event] = []
+    for index, (data, is_content) in enumerate(events):
+        fields = f"id: {index}\r\nretry: 3000\r\n".encode()
+        out.append((fields + data.replace(b"\n", b"\r\n"), is_content))
+        if index == 0:
+            out.extend((extra, False) for extra in _GARBLE)
+    return out
 
 
 async def _pump(events: list[_Event], delay: float, broken: bool) -> AsyncIterator[bytes]:
@@ -365,8 +403,9 @@ def _anthropic_events(message: Json) -> list[_Event]:
         return _sse({"type": kind, **payload}, kind), content
 
     block = message["content"][0]
-    start_usage = {**message["usage"], "output_tokens": 1}
-    start = {**message, "content": [], "stop_reason": None, "usage": start_usage}
+    start = {**message, "content": [], "stop_reason": None}
+    if "usage" in message:
+        start["usage"] = {**message["usage"], "output_tokens": 1}
     if block["type"] == "text":
         empty = {**block, "text": ""}
         deltas = [{"type": "text_delta", "text": piece} for piece in _pieces(block["text"])]
@@ -383,9 +422,10 @@ def _anthropic_events(message: Json) -> list[_Event]:
         content = bool(delta.get("text") or delta.get("partial_json"))
         events.append(event("content_block_delta", {"index": 0, "delta": delta}, content))
     events.append(event("content_block_stop", {"index": 0}))
-    stop = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-    usage = {"output_tokens": message["usage"]["output_tokens"]}
-    events.append(event("message_delta", {"delta": stop, "usage": usage}))
+    stop: Json = {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None}}
+    if "usage" in message:
+        stop["usage"] = {"output_tokens": message["usage"]["output_tokens"]}
+    events.append(event("message_delta", stop))
     events.append(event("message_stop", {}))
     return events
 
@@ -435,6 +475,8 @@ class _Simulator:
 
     def _stream(self, family: Family, events: list[_Event], model: str) -> StreamingResponse:
         delay = max(self.stream_delay, _SLOW_DELAY if "slow" in model else 0.0)
+        if "garbled" in model:
+            events = _garbled(events)
         return StreamingResponse(
             _pump(events, delay, "broken" in model),
             headers={**self._headers(family), "cache-control": "no-cache"},
@@ -479,6 +521,10 @@ class _Simulator:
         for marker, status, kind, message in _FAILURES:
             if marker in model:
                 return self._error(family, status, message, kind)
+        for marker, status, media_type, content, extra in _RAW_FAILURES:
+            if marker in model:
+                headers = {**self._headers(family), **extra}
+                return Response(content, status, headers=headers, media_type=media_type)
         return body
 
     async def _before_answer(self, request: Request, model: str, stream: bool) -> None:
@@ -514,6 +560,7 @@ class _Simulator:
         if stream:
             options = body.get("stream_options")
             include = isinstance(options, dict) and options.get("include_usage") is True
+            include = include and _reports_usage(model)
             events = _chat_events(base, answer, call_id, usage if include else None)
             return self._stream("openai", events, model)
         message: Json = {
@@ -529,7 +576,10 @@ class _Simulator:
             message["tool_calls"] = [{"id": call_id, "type": "function", "function": function}]
             finish = "tool_calls"
         choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
-        return self._json("openai", {**base, "choices": [choice], "usage": usage})
+        completion: Json = {**base, "choices": [choice]}
+        if _reports_usage(model):
+            completion["usage"] = usage
+        return self._json("openai", completion)
 
     async def responses(self, request: Request) -> Response:
         body = await self._intake(request, "openai")
@@ -592,7 +642,7 @@ class _Simulator:
             "status": "completed",
             "completed_at": created,
             "output": [item],
-            "usage": _responses_usage(model, answer),
+            "usage": _responses_usage(model, answer) if _reports_usage(model) else None,
         }
         if stream:
             return self._stream("openai", _responses_events(start, final, item), model)
@@ -617,10 +667,10 @@ class _Simulator:
                 encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = 10 + _words(inputs)
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return self._json(
-            "openai", {"object": "list", "data": data, "model": model, "usage": usage}
-        )
+        result: Json = {"object": "list", "data": data, "model": model}
+        if _reports_usage(model):
+            result["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return self._json("openai", result)
 
     async def models(self, request: Request) -> Response:
         await self._record(request)
@@ -661,14 +711,15 @@ class _Simulator:
             "content": [block],
             "stop_reason": "end_turn" if answer.tool_name is None else "tool_use",
             "stop_sequence": None,
-            "usage": {
+        }
+        if _reports_usage(model):
+            message["usage"] = {
                 "input_tokens": answer.input_tokens,
                 "cache_creation_input_tokens": 20 if cached else 0,
                 "cache_read_input_tokens": 100 if cached else 0,
                 "output_tokens": answer.output_tokens,
                 "service_tier": "standard",
-            },
-        }
+            }
         if stream:
             return self._stream("anthropic", _anthropic_events(message), model)
         return self._json("anthropic", message)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import orjson
 
-__all__ = ["Family", "GatewayError", "error_body", "sse_error_event"]
+__all__ = ["Family", "GatewayError", "error_body", "non_json_error", "sse_error_event"]
 
 Family = Literal["openai", "anthropic"]
 
 # status → (OpenAI error type, Anthropic error type)
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(rb"<[^>]*>")
+_SNIPPET = 200
+
 _TYPES = {
     400: ("invalid_request_error", "invalid_request_error"),
     401: ("authentication_error", "authentication_error"),
@@ -70,3 +75,27 @@ def sse_error_event(family: Family, err: GatewayError) -> bytes:
     if family == "anthropic":
         return b"event: error\ndata: " + error_body(family, err) + b"\n\n"
     return b"data: " + error_body(family, err) + b"\n\n"
+
+
+def non_json_error(
+    provider: str, status: int, content: bytes, headers: list[tuple[bytes, bytes]]
+) -> GatewayError | None:
+    """A provider's error answer whose body is not a JSON object (an HTML page from a proxy in
+    front of it, an empty body, plain text), as an error in the caller's shape with the same
+    status and relayed headers (``retry-after``). None for a JSON body: that is relayed as is."""
+    try:
+        if isinstance(orjson.loads(content), dict):
+            return None
+    except orjson.JSONDecodeError:
+        pass
+    text = content.strip()
+    if not text:
+        what = "an empty body"
+    elif text.startswith(b"<") or _TITLE.search(text):
+        title = _TITLE.search(text)
+        words = (title.group(1) if title else _TAG.sub(b" ", text)).split()
+        what = "an HTML page: " + b" ".join(words).decode("utf-8", "replace")[:_SNIPPET]
+    else:
+        what = "a non-JSON body: " + b" ".join(text.split()).decode("utf-8", "replace")[:_SNIPPET]
+    code = "rate_limited" if status == 429 else "upstream_error"
+    return GatewayError(status, f"{provider} answered {status} with {what}", code, headers)

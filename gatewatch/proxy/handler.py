@@ -20,7 +20,13 @@ from gatewatch.controls import Controls, Ticket
 from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.metrics import Metrics
 from gatewatch.pricing import PriceBook, Usage
-from gatewatch.proxy.errors import Family, GatewayError, error_body, sse_error_event
+from gatewatch.proxy.errors import (
+    Family,
+    GatewayError,
+    error_body,
+    non_json_error,
+    sse_error_event,
+)
 from gatewatch.proxy.routing import ENDPOINTS, Endpoint, Router, Target, upstream_url
 from gatewatch.proxy.sse import SSEParser
 from gatewatch.proxy.usage import last_user_prompt, read_blocking, stream_reader
@@ -112,6 +118,19 @@ class _UpstreamFailed(Exception):
         super().__init__(message)
         self.reason = reason
         self.status = status
+
+
+def _timed_out(target: Target, stream: bool, exc: BaseException) -> _UpstreamFailed:
+    """Which limit struck: connecting, or the provider's ``timeout`` (for a stream the longest
+    silence, for a non-streamed answer the deadline of the whole attempt)."""
+    p = target.provider
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        what = f"no connection within {p.connect_timeout}s"
+    elif stream:
+        what = f"no data for {p.timeout}s"
+    else:
+        what = f"no complete answer within {p.timeout}s"
+    return _UpstreamFailed("timeout", f"{p.name} timed out ({what})")
 
 
 def match_proxy_path(path: str) -> tuple[Endpoint, str | None] | None:
@@ -465,13 +484,16 @@ class ProxyHandler:
         # every target failed
         if last_response is not None:
             status, content, extra = last_response
+            if self.keep_content:
+                rec.response_body = content
+            unreadable = non_json_error(rec.attempts[-1].provider, status, content, extra)
+            if unreadable is not None:
+                raise unreadable
             rec.status_code, rec.status = status, "error"
             rec.error_type, rec.error_message = _upstream_error_message(content)
             rec.error_type = rec.error_type or (
                 "rate_limited" if status == 429 else "upstream_error"
             )
-            if self.keep_content:
-                rec.response_body = content
             await self._respond(send, rec, status, content, extra, rec.attempts[-1].model)
             return
         assert last is not None
@@ -509,8 +531,8 @@ class ProxyHandler:
                 headers=self._upstream_headers(target, headers, rec, attempt),
                 timeout=stream_t if rec.stream else total_t,
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            failed = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            failed = _timed_out(target, rec.stream, exc)
         except aiohttp.ClientError as exc:
             failed = _UpstreamFailed("connect_error", f"cannot reach {target.provider.name}: {exc}")
         else:
@@ -533,8 +555,8 @@ class ProxyHandler:
                 content = await resp.read()
             except _UpstreamFailed as exc:
                 failed = exc
-            except (TimeoutError, aiohttp.ServerTimeoutError):
-                failed = _UpstreamFailed("timeout", f"{target.provider.name} timed out")
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                failed = _timed_out(target, rec.stream, exc)
             except aiohttp.ClientError as exc:
                 failed = _UpstreamFailed(
                     "connect_error", f"{target.provider.name} broke the connection: {exc}"
@@ -612,7 +634,14 @@ class ProxyHandler:
     ) -> None:
         rec.status_code = resp.status
         rec.status = _status_of(resp.status)
+        if self.keep_content:
+            rec.response_body = content
         if resp.status >= 400:
+            unreadable = non_json_error(
+                target.provider.name, resp.status, content, self._relayed(resp)
+            )
+            if unreadable is not None:
+                raise unreadable
             rec.error_type, rec.error_message = _upstream_error_message(content)
             rec.error_type = rec.error_type or "upstream_error"
         else:
@@ -626,8 +655,6 @@ class ProxyHandler:
             rec.model = model or target.model
             rec.tool_calls = calls
             self._account(rec, target, usage)
-        if self.keep_content:
-            rec.response_body = content
         ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
         await self._respond(
             send, rec, resp.status, content, self._relayed(resp), rec.model or target.model, ctype
@@ -656,22 +683,22 @@ class ProxyHandler:
     ) -> None:
         parser = SSEParser()
         reader = stream_reader(endpoint.kind, strip_usage)
-        filtering = strip_usage
 
         def take(chunk: bytes) -> bytes:
+            # Whole events only: the part of an event still on its way waits in the parser, so
+            # a stream that breaks mid-event ends with the error event, not glued to half of one.
+            held = bool(parser.pending)
             events = parser.feed(chunk)
-            if not filtering:
-                for ev in events:
-                    reader.on_event(ev.event, ev.data)
-                return chunk
             out = [ev.raw for ev in events if not reader.on_event(ev.event, ev.data)]
+            if not held and not parser.pending and len(out) == len(events):
+                return chunk  # the usual case: whole events, relayed as they came
             return b"".join(out)
 
         # The first chunk decides: failover is still possible until a byte reaches the client.
         try:
             first = await resp.content.readany()
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise _UpstreamFailed("timeout", f"{target.provider.name} timed out") from None
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise _timed_out(target, True, exc) from None
         except aiohttp.ClientError as exc:
             raise _UpstreamFailed(
                 "connect_error", f"{target.provider.name} broke the stream: {exc}"
@@ -691,6 +718,7 @@ class ProxyHandler:
             await send({"type": "http.response.body", "body": out, "more_body": True})
 
         broken: str | None = None
+        stalled = False
         try:
             async for chunk in resp.content.iter_any():
                 out = take(chunk)
@@ -700,6 +728,7 @@ class ProxyHandler:
             if not watch.absorb():
                 raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
+            stalled = True
             broken = (
                 f"{target.provider.name} stalled mid-stream"
                 f" (no data for {target.provider.timeout}s)"
@@ -717,13 +746,11 @@ class ProxyHandler:
             and endpoint.kind in ("chat", "messages", "responses")
         ):
             broken = broken or f"{target.provider.name} ended the stream before it was complete"
-            rec.status, rec.error_type, rec.error_message = (
-                "error",
-                "upstream_stream_broken",
-                broken,
-            )
+            code = "upstream_timeout" if stalled else "upstream_stream_broken"
+            attempt.reason = "timeout" if stalled else "stream_broken"
+            rec.status, rec.error_type, rec.error_message = "error", code, broken
             try:
-                err = GatewayError(502, broken, "upstream_stream_broken")
+                err = GatewayError(504 if stalled else 502, broken, code)
                 await send(
                     {
                         "type": "http.response.body",
