@@ -85,7 +85,8 @@ class Attempt:
     provider: str
     model: str
     status_code: int | None
-    reason: str  # ok | connect_error | timeout | rate_limited | upstream_5xx | upstream_4xx | …
+    reason: str  # ok | connect_error | timeout | rate_limited | upstream_5xx | upstream_4xx |
+    # empty_stream | stream_broken | circuit_open | client_closed
     duration_ms: float
     started: float = 0.0  # Unix seconds; set (with span_id) only when tracing is on
     span_id: int = 0  # the attempt's OpenTelemetry span id, sent upstream in ``traceparent``

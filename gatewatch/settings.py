@@ -78,7 +78,12 @@ class ProviderSettings(_Section):
         description="As the provider's SDK takes it: OpenAI with /v1, Anthropic without",
     )
     api_key: SecretStr | None = Field(default=None, description="The provider credential")
-    timeout: float = Field(default=60.0, gt=0, description="Seconds before an attempt times out")
+    timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds: for a non-streamed request, the deadline of the whole attempt; for"
+        " a stream, the longest silence (before the headers, the first chunk, or between chunks)",
+    )
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to open a connection")
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra headers sent upstream (e.g. Azure's api-key)"
