@@ -134,15 +134,16 @@ def _timed_out(target: Target, stream: bool, exc: BaseException) -> _UpstreamFai
 
 
 def match_proxy_path(path: str) -> tuple[Endpoint, str | None] | None:
-    """``/v1/…`` or ``/{provider}/v1/…`` → (endpoint, provider name or None)."""
+    """``/v1/…`` or ``/{provider}/v1/…`` → (endpoint, provider name or None). The name is all
+    before ``/v1/``, so a path with an encoded ``/`` in it still gets the family's 404."""
     endpoint = ENDPOINTS.get(path)
     if endpoint is not None:
         return endpoint, None
-    if path.count("/") >= 3:
-        _, first, rest = path.split("/", 2)
-        endpoint = ENDPOINTS.get("/" + rest)
+    cut = path.find("/v1/", 1)
+    if cut > 0:
+        endpoint = ENDPOINTS.get(path[cut:])
         if endpoint is not None:
-            return endpoint, first
+            return endpoint, path[1:cut]
     return None
 
 
