@@ -54,34 +54,37 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
     )
 
 
+_MAX_INT = 2**63 - 1  # the store's integers (SQLite INTEGER, PostgreSQL bigint)
+
+
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
     user: str = Field(min_length=1, max_length=200, description="User name; created when new")
     org: str | None = Field(default=None, max_length=200, description="Org name; created when new")
     role: Literal["member", "admin", "owner"] = "member"
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "week", "month", "total"] = "month"
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=_MAX_INT)
+    tpm: int | None = Field(default=None, ge=1, le=_MAX_INT)
 
 
 class KeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
     role: Literal["member", "admin", "owner"] | None = None
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "week", "month", "total"] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=_MAX_INT)
+    tpm: int | None = Field(default=None, ge=1, le=_MAX_INT)
 
 
 class LimitsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: Literal["day", "week", "month", "total"] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=_MAX_INT)
+    tpm: int | None = Field(default=None, ge=1, le=_MAX_INT)
 
 
 class UserCreate(LimitsUpdate):
@@ -104,7 +107,9 @@ class Adjustment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     scope: Literal["key", "user", "org"]
     scope_id: str = Field(min_length=1, description="The key, user or org id")
-    amount_usd: float | None = Field(default=None, description="Positive charges, negative credits")
+    amount_usd: float | None = Field(
+        default=None, allow_inf_nan=False, description="Positive charges, negative credits"
+    )
     reset: bool = Field(default=False, description="Bring this period's spend back to zero")
     reason: str = Field(min_length=1, max_length=500)
 
@@ -138,6 +143,10 @@ def create_api(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)  # a defect, still answered in JSON (and logged by uvicorn)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error: {type(exc).__name__}")
 
     dashboard = ui.DashboardAuth(ui.SessionSigner.from_settings(settings), store)
     app.include_router(ui.create_ui_router(store, keys, controls, settings, dashboard))

@@ -129,7 +129,7 @@ def _hour_aligned(tz: ZoneInfo, lo: float, hi: float) -> bool:
 def _range(start: str | None, end: str | None, default_days: int) -> tuple[float, float]:
     now = time.time()
     hi = _time("end", end, now)
-    lo = _time("start", start, hi - default_days * 86400)
+    lo = _time("start", start, max(hi - default_days * 86400, _FIRST_TS))
     if lo >= hi:
         raise UsageError("start", "must be before end")
     if hi - lo > 5 * 366 * 86400:

@@ -125,8 +125,9 @@ def _time_bound(param: str, op: str) -> Callable[[list[str], Scope], Condition]:
             ts = parse_ts(values[0])
         except ValueError:
             raise FilterError(param, f"{values[0]!r} is not an RFC 3339 time") from None
-        # ids are ULIDs that start with the request's start time: a range on the primary key.
-        edge = str(ULID.from_bytes(ULID.from_timestamp(ts).bytes[:6] + b"\x00" * 10))
+        # ids are ULIDs that start with the request's start time: a range on the primary key
+        # (a time before 1970, which ULIDs cannot hold, is the same bound as 1970 itself).
+        edge = str(ULID.from_bytes(ULID.from_timestamp(max(ts, 0.0)).bytes[:6] + b"\x00" * 10))
         return (f"r.id {op} ?", [edge])
 
     return build
