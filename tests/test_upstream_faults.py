@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import struct
 import threading
@@ -36,9 +37,12 @@ from conftest import (
 
 from gatewatch.app import Gateway
 
-TIMEOUT = 0.3  # the provider timeout of the faulty providers (seconds)
-TRICKLE_GAP, TRICKLE_PIECES = 0.06, 16  # 5 gaps fit in the timeout; a whole answer takes 3x it
+TIMEOUT = 0.3  # the provider timeout behind the faults that are about time (seconds)
+TRICKLE_TIMEOUT = 0.5  # the ``trickle`` providers'
+TRICKLE_GAP, TRICKLE_PIECES = 0.06, 24  # 8 gaps fit in that timeout; a whole answer takes 2.8x it
+SLACK = 5.0  # the other faulty providers': a busy test machine must not turn a fault into a timeout
 PAUSE = 4 * TIMEOUT  # a silence mid-answer, well over the timeout
+BAD_HEADER_VALUE = b"caf\xc3\xa9 \x01\xff"  # UTF-8, a control byte, a byte that is not UTF-8
 HOLD_LIMIT = 20.0  # the longest a held connection stays open if the gateway never closes it
 
 MSG = [{"role": "user", "content": "hello there gateway"}]
@@ -68,7 +72,9 @@ class FaultyLink:
     - ``stall``: the same cut as ``rst``, then nothing, with the connection left open;
     - ``pause``: the same cut, then ``PAUSE`` seconds of silence, then the rest;
     - ``trickle``: the whole answer in ``TRICKLE_PIECES`` pieces, ``TRICKLE_GAP`` seconds apart;
-    - ``split``: the whole answer in 13-byte writes (events cut at odd places).
+    - ``split``: the whole answer in 13-byte writes (events cut at odd places);
+    - ``badhead``: the answer with ``BAD_HEADER_VALUE`` as its request-id and retry-after;
+    - ``garbage``: bytes that are not HTTP, then the connection is closed.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -120,6 +126,8 @@ class FaultyLink:
                 return await self._hold(reader)
             if fault == b"rst-early":
                 return self._reset(writer)
+            if fault == b"garbage":
+                return await self._send(writer, b"Hello! This is not HTTP.\r\n\r\n")
             answer = await self._ask_simulator(method, b"/" + rest, version, headers, body)
             await self._faults[fault.decode()](self, answer, reader, writer)
         with contextlib.suppress(Exception):
@@ -203,14 +211,26 @@ class FaultyLink:
             await self._send(writer, answer[i : i + 13])
             await asyncio.sleep(0.001)
 
+    async def _badhead(self, answer: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        end = answer.index(b"\r\n\r\n")
+        head = re.sub(
+            rb"(?im)^(x-request-id|request-id|retry-after):[^\r]*(?=\r)",
+            lambda m: m[1] + b": " + BAD_HEADER_VALUE, answer[:end],
+        )  # fmt: skip
+        await self._send(writer, head + answer[end:])
+
     _Fault = Callable[["FaultyLink", bytes, Any, asyncio.StreamWriter], Awaitable[None]]
     _faults: dict[str, _Fault] = {
         "ok": _ok, "rst": _rst, "headers": _headers, "stall": _stall, "pause": _pause,
-        "trickle": _trickle, "split": _split,
+        "trickle": _trickle, "split": _split, "badhead": _badhead,
     }  # fmt: skip
 
 
-FAULTS = ("ok", "rst", "rst-early", "silent", "headers", "stall", "pause", "trickle", "split")
+FAULTS = (
+    "ok", "rst", "rst-early", "silent", "headers", "stall", "pause", "trickle", "split",
+    "badhead", "garbage",
+)  # fmt: skip
+TIMED = ("silent", "headers", "stall", "pause")  # faults whose providers time out at TIMEOUT
 
 
 def fault_providers(upstream_url: str, link_url: str) -> list[dict[str, Any]]:
@@ -222,11 +242,12 @@ def fault_providers(upstream_url: str, link_url: str) -> list[dict[str, Any]]:
          "api_key": UPSTREAM_ANTHROPIC_KEY, "timeout": 2},
     ]  # fmt: skip
     for fault in FAULTS:
+        timeout = {"trickle": TRICKLE_TIMEOUT}.get(fault, TIMEOUT if fault in TIMED else SLACK)
         out += [
             {"name": f"{fault}-oai", "type": "openai", "base_url": f"{link_url}/{fault}/v1",
-             "api_key": UPSTREAM_OPENAI_KEY, "timeout": TIMEOUT},
+             "api_key": UPSTREAM_OPENAI_KEY, "timeout": timeout},
             {"name": f"{fault}-ant", "type": "anthropic", "base_url": f"{link_url}/{fault}",
-             "api_key": UPSTREAM_ANTHROPIC_KEY, "timeout": TIMEOUT},
+             "api_key": UPSTREAM_ANTHROPIC_KEY, "timeout": timeout},
         ]  # fmt: skip
     return out
 
@@ -439,7 +460,7 @@ def test_a_slow_but_steady_stream_is_never_cut(gw, family):
     got = stream_text(family, gw, provider("trickle", family), model_for(family))
     elapsed = time.monotonic() - started
     assert (got.text, got.failure) == (ANSWER, None)
-    assert elapsed > 2 * TIMEOUT  # far longer than the timeout, in pieces closer than it
+    assert elapsed > 2 * TRICKLE_TIMEOUT  # far longer than the timeout, in pieces closer than it
     rec = gw.record(rid(got.headers))
     assert (rec["status"], rec["status_code"], rec["error_type"]) == ("ok", 200, None)
     assert (rec["input_tokens"], rec["output_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
@@ -451,9 +472,10 @@ def test_a_blocking_answer_is_bounded_by_the_timeout_as_a_whole(gw, family):
     # Non-streamed: the timeout is a deadline for the whole answer, even one that keeps coming.
     started = time.monotonic()
     resp = blocking(family, gw, provider("trickle", family), model_for(family))
-    assert time.monotonic() - started < TIMEOUT + 1.5
+    assert time.monotonic() - started < TRICKLE_TIMEOUT + 1.5
     assert resp.status_code == 504
-    assert "timed out" in error_of(family, resp.json())["message"]
+    message = error_of(family, resp.json())["message"]
+    assert f"timed out (no complete answer within {TRICKLE_TIMEOUT}s)" in message
     rec = gw.record(rid(resp.headers))
     assert (rec["status"], rec["status_code"], rec["error_type"]) == (
         "error", 504, "upstream_timeout"
@@ -696,6 +718,41 @@ def test_the_sdk_sees_a_non_json_429_as_a_rate_limit_with_its_retry_after(gw, fa
             )
     assert "Too Many Requests" in str(caught.value)
     assert caught.value.response.headers["retry-after"] == "7"
+
+
+# ---- answers that are not quite HTTP ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_odd_bytes_in_relayed_headers_are_not_a_500(gw, family):
+    # The provider's request id and retry-after are relayed; a control byte in them would make
+    # the server refuse the whole response, and bytes outside Latin-1 made the gateway crash.
+    for model, status in ((model_for(family), 200), (f"{model_for(family)}-error-429", 429)):
+        for stream in (False, True):
+            resp = raw_request(gw, family, provider("badhead", family), model, stream)
+            assert resp.status_code == status
+            raw = dict(resp.headers.raw)  # as sent: the control byte became "?", no more
+            assert raw[b"x-request-id" if family == "openai" else b"request-id"] == (
+                b"caf\xc3\xa9 ?\xff"
+            )
+            if status == 429:
+                assert raw[b"retry-after"] == b"caf\xc3\xa9 ?\xff"
+            rec = gw.record(rid(resp.headers))
+            assert rec["status_code"] == status
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_answer_that_is_not_http_is_502(gw, family, stream):
+    resp = raw_request(gw, family, provider("garbage", family), model_for(family), stream)
+    assert resp.status_code == 502
+    err = error_of(family, resp.json())
+    assert f"{provider('garbage', family)} sent an invalid HTTP answer" in err["message"]
+    rec = gw.record(rid(resp.headers))
+    assert (rec["status"], rec["status_code"], rec["error_type"]) == (
+        "error", 502, "upstream_unavailable"
+    )  # fmt: skip
+    assert attempts(rec) == [(provider("garbage", family), None, "connect_error")]
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
 _FORWARD_HEADERS = (b"anthropic-version", b"anthropic-beta", b"openai-beta")
-_RELAY_HEADERS = {"retry-after", "x-request-id", "request-id", "openai-processing-ms"}
+_RELAY_HEADERS = {b"retry-after", b"x-request-id", b"request-id", b"openai-processing-ms"}
 # A header value may not hold control bytes (the server refuses the whole response): in a model
 # name, the client's or the provider's text, they become "?".
 _HEADER_SAFE = bytes(b if b == 9 or (b >= 0x20 and b != 0x7F) else 0x3F for b in range(256))
@@ -534,6 +534,11 @@ class ProxyHandler:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             failed = _timed_out(target, rec.stream, exc)
+        except aiohttp.ClientResponseError as exc:  # an answer that is not HTTP
+            message = " ".join(str(exc.message).split())
+            failed = _UpstreamFailed(
+                "connect_error", f"{target.provider.name} sent an invalid HTTP answer: {message}"
+            )
         except aiohttp.ClientError as exc:
             failed = _UpstreamFailed("connect_error", f"cannot reach {target.provider.name}: {exc}")
         else:
@@ -581,10 +586,12 @@ class ProxyHandler:
 
     @staticmethod
     def _relayed(resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+        """The provider's headers worth relaying, as the bytes it sent (control bytes, which
+        the server would refuse with the whole response, become "?")."""
         out = []
-        for name, value in resp.headers.items():
+        for name, value in resp.raw_headers:
             if name.lower() in _RELAY_HEADERS:
-                out.append((name.lower().encode(), value.encode("latin-1")))
+                out.append((name.lower(), value.translate(_HEADER_SAFE)))
         return out
 
     def _headers(
@@ -656,9 +663,15 @@ class ProxyHandler:
             rec.model = model or target.model
             rec.tool_calls = calls
             self._account(rec, target, usage)
-        ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
+        ctype = next((v for k, v in resp.raw_headers if k.lower() == b"content-type"), _JSON)
         await self._respond(
-            send, rec, resp.status, content, self._relayed(resp), rec.model or target.model, ctype
+            send,
+            rec,
+            resp.status,
+            content,
+            self._relayed(resp),
+            rec.model or target.model,
+            ctype.translate(_HEADER_SAFE),
         )
 
     def _account(self, rec: Record, target: Target, usage: Usage) -> None:
