@@ -157,16 +157,23 @@ def _run_server(settings: Any, host: str, port: int, workers: int, config: str |
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Gateway port")] = 4000,
-    requests: Annotated[int, typer.Option(help="Simulated requests to generate")] = 300,
+    requests: Annotated[int, typer.Option(help="Live simulated requests to send")] = 300,
     database: Annotated[
         str, typer.Option(help="Where to keep the demo's records")
     ] = "sqlite:///gatewatch-demo.db",
+    history: Annotated[
+        bool,
+        typer.Option(
+            help="Store a week of generated history first (skipped if the database has records)"
+        ),
+    ] = True,
 ) -> None:
-    """The gateway with a built-in simulated provider and generated traffic, for a first look."""
+    """The gateway with a built-in simulated provider, a week of history and live traffic, for a
+    first look."""
     from gatewatch.demo import run_demo
 
     _configure_logging("info")
-    run_demo(port=port, n_requests=requests, database=database)
+    run_demo(port=port, n_requests=requests, database=database, history=history)
 
 
 # ---- requests --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``gatewatch demo``: the gateway in front of the built-in simulated provider, with a few hundred
-generated requests so that a first look shows real data."""
+"""``gatewatch demo``: the gateway in front of the built-in simulated provider, with a week of
+recorded history (:mod:`gatewatch.demo_history`) and a few hundred live requests, so that a first
+look shows real data."""
 
 from __future__ import annotations
 
@@ -8,27 +9,24 @@ import contextlib
 import logging
 import random
 import secrets
+import time
+from datetime import datetime
 from typing import Any
 
 import httpx
 import uvicorn
 
+from gatewatch._demo_content import PERSONAS
 from gatewatch.app import Gateway
+from gatewatch.demo_history import DemoUser, History, make_history, store_history
 from gatewatch.settings import Settings
 from gatewatch.simulator import create_simulator_app
+from gatewatch.store.base import Store
+from gatewatch.store.query import RequestQuery, Scope
 
-__all__ = ["demo_settings", "generate_traffic", "run_demo"]
+__all__ = ["create_keys", "demo_settings", "generate_traffic", "load_history", "run_demo"]
 
 log = logging.getLogger("gatewatch.demo")
-
-_PEOPLE = [  # (user, org, user agent)
-    ("alice", "acme", "claude-cli/2.0.14 (external, cli)"),
-    ("bob", "acme", "OpenAI/Python 1.109.1"),
-    ("carol", "acme", "codex_cli_rs/0.46.0"),
-    ("dave", "globex", "Cursor/1.7"),
-    ("erin", "globex", "Anthropic/Python 0.69.0"),
-    ("ci-bot", "globex", "python-httpx/0.28.1"),
-]
 _PROMPTS = [
     "Summarise the attached incident report in three bullet points.",
     "What's the weather in Paris tomorrow?",
@@ -94,33 +92,59 @@ def demo_settings(sim_url: str, database: str, admin_key: str) -> Settings:
     )
 
 
-async def generate_traffic(base_url: str, admin_key: str, n_requests: int, seed: int = 7) -> int:
-    """Send ``n_requests`` varied requests through the gateway; returns how many were answered."""
-    rng = random.Random(seed)
+async def create_keys(base_url: str, admin_key: str) -> dict[str, dict[str, Any]]:
+    """A key for each demo user (``POST /api/v1/keys``): user name → the created key, its secret
+    in ``key``."""
+    keys: dict[str, dict[str, Any]] = {}
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        keys: list[tuple[str, str]] = []
-        for user, org, ua in _PEOPLE:
+        for p in PERSONAS:
             resp = await client.post(
                 "/api/v1/keys",
-                json={
-                    "user": user,
-                    "org": org,
-                    "name": f"{user}-laptop",
-                    "role": "admin" if user == "alice" else "member",
-                },
+                json={"user": p.user, "org": p.org, "name": f"{p.user}-laptop", "role": p.role},
                 headers={"Authorization": f"Bearer {admin_key}"},
             )
             resp.raise_for_status()
-            keys.append((resp.json()["key"], ua))
+            keys[p.user] = resp.json()
+    return keys
+
+
+def load_history(store: Store, settings: Settings, keys: dict[str, dict[str, Any]]) -> History:
+    """Build the week before now for the demo users and store it (blocking: run in a thread)."""
+    users = {
+        p.user: DemoUser(
+            name=p.user,
+            org=p.org,
+            org_id=keys[p.user]["org_id"],
+            user_id=keys[p.user]["user_id"],
+            key_id=keys[p.user]["id"],
+            key_name=keys[p.user]["name"],
+            user_agent=p.user_agent,
+        )
+        for p in PERSONAS
+    }
+    history = make_history(users, settings, time.time())
+    store_history(store, history.records)
+    return history
+
+
+async def generate_traffic(
+    base_url: str, keys: dict[str, dict[str, Any]], n_requests: int, seed: int = 7
+) -> int:
+    """Send ``n_requests`` varied requests through the gateway with the demo users' ``keys``;
+    returns how many were answered."""
+    rng = random.Random(seed)
+    agents = {p.user: p.user_agent for p in PERSONAS}
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        users = sorted(keys)
         sem = asyncio.Semaphore(8)
         answered = 0
 
         async def one(i: int) -> None:
             nonlocal answered
-            key, ua = rng.choice(keys)
+            user = rng.choice(users)
             headers = {
-                "Authorization": f"Bearer {key}",
-                "User-Agent": ua,
+                "Authorization": f"Bearer {keys[user]['key']}",
+                "User-Agent": agents[user],
                 "x-gatewatch-session": f"s-{i // 10}",
                 "x-gatewatch-workflow": rng.choice(["chat", "code-review", "triage"]),
                 "x-gatewatch-tags": rng.choice(["prod", "prod,beta", "eval"]),
@@ -176,7 +200,7 @@ async def generate_traffic(base_url: str, admin_key: str, n_requests: int, seed:
         return answered
 
 
-async def _serve(port: int, n_requests: int, database: str) -> None:
+async def _serve(port: int, n_requests: int, database: str, history: bool) -> None:
     sim = uvicorn.Server(
         uvicorn.Config(
             create_simulator_app(latency=0.15, stream_delay=0.02, seed=1),
@@ -212,12 +236,28 @@ async def _serve(port: int, n_requests: int, database: str) -> None:
     url = f"http://127.0.0.1:{port}"
     print(f"gatewatch demo: gateway on {url}, simulated provider on port {sim_port}")
     print(f"  admin key (owner): {admin_key}")
+    keys = await create_keys(url, admin_key)
+    loaded: History | None = None
+    if history and await asyncio.to_thread(_holds_records, gateway.store):
+        print(
+            "  the database already holds records, so no history is added"
+            " (delete gatewatch-demo.db* or pass another --database for a fresh week)"
+        )
+    elif history:
+        print("  storing a week of history …", flush=True)
+        t0 = time.perf_counter()
+        # before the live traffic: its records then never wait for the history's transactions
+        loaded = await asyncio.to_thread(load_history, gateway.store, settings, keys)
+        took = time.perf_counter() - t0
+        print(f"  {len(loaded.records):,} records of the last 7 days stored in {took:.1f} s.")
     print(f"  generating {n_requests} requests …", flush=True)
-    answered = await generate_traffic(url, admin_key, n_requests)
+    answered = await generate_traffic(url, keys, n_requests)
     while gateway.writer.pending:  # "recorded" below means stored
         await asyncio.sleep(0.01)
     print(f"  {answered} requests answered and recorded. Look at them:")
     print(f"    in the dashboard: {url}/ui  (sign in with the admin key above)")
+    if loaded:
+        print(f"    {_spike_hint(loaded)}")
     print(f"    export GATEWATCH_URL={url} GATEWATCH_TOKEN={admin_key}")
     print("    gatewatch requests list")
     print(f"  or point an SDK at {url}/v1 (OpenAI) or {url} (Anthropic) with that key.")
@@ -229,8 +269,24 @@ async def _serve(port: int, n_requests: int, database: str) -> None:
         await sim_task
 
 
-def run_demo(port: int = 4000, n_requests: int = 300, database: str = "") -> None:
+def _holds_records(store: Store) -> bool:
+    return bool(store.list_requests(Scope("owner", "", ""), RequestQuery(), 1, None).results)
+
+
+def _spike_hint(history: History) -> str:
+    """Where to look, in this machine's time zone (the browser's, most likely)."""
+    start = datetime.fromtimestamp(history.spike_start).astimezone()
+    end = datetime.fromtimestamp(history.spike_end).astimezone()
+    return (
+        f"a week of history is loaded: look for the error spike on {start:%a %Y-%m-%d}"
+        f" {start:%H:%M}-{end:%H:%M} {end:%Z}"
+    )
+
+
+def run_demo(
+    port: int = 4000, n_requests: int = 300, database: str = "", history: bool = True
+) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     database = database or "sqlite:///gatewatch-demo.db"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(port, n_requests, database))
+        asyncio.run(_serve(port, n_requests, database, history))
