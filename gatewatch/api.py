@@ -22,7 +22,14 @@ from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.controls.periods import window
 from gatewatch.records import format_ts
 from gatewatch.settings import Settings
-from gatewatch.store import FilterError, Identity, Store, StoreError, parse_filters
+from gatewatch.store import (
+    FilterError,
+    Identity,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    parse_filters,
+)
 from gatewatch.store.rollups import DIMENSIONS
 
 __all__ = ["ApiError", "create_api"]
@@ -143,6 +150,12 @@ def create_api(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        response = _error(503, f"{exc}; try again shortly")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(Exception)  # a defect, still answered in JSON (and logged by uvicorn)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -455,3 +455,23 @@ def test_a_bad_redaction_pattern_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"redact.*not a regular expression"):
         load_settings(env={}, overrides={"redact": ["(unclosed"]}, path=os.devnull)
+
+
+def test_management_writes_answer_503_while_the_database_is_locked(
+    start_gateway: Callable[..., RunningGateway],
+) -> None:
+    """A key created while another process holds the write lock: 503 with Retry-After once the
+    database's busy timeout runs out (not a 500), and the gateway's writes work again after."""
+    gw = start_gateway()
+    locker = _Locker(gw.gateway.settings.sqlite_path)
+    try:
+        with gw.api() as c:
+            r = c.post("/api/v1/keys", json={"user": "locked-out"})
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1" and "not available" in r.json()["error"]["message"]
+    finally:
+        locker.release()
+    created = gw.create_key(user="after-the-lock")
+    assert created["key"].startswith("gw-")
+    assert [s for s, _ in _load(gw.url, 10, workers=2)] == [200] * 10
+    gw.wait_records(10)

@@ -1,6 +1,6 @@
 """The record store: one interface, several engines (SQLite is the reference)."""
 
-from gatewatch.store.base import Identity, Page, Store, StoreError
+from gatewatch.store.base import Identity, Page, Store, StoreError, StoreUnavailable
 from gatewatch.store.query import FilterError, RequestQuery, Scope, parse_filters
 from gatewatch.store.sqlite import SQLiteStore
 from gatewatch.store.writer import RecordWriter
@@ -15,6 +15,7 @@ __all__ = [
     "Scope",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "open_store",
     "parse_filters",
 ]

@@ -11,11 +11,16 @@ from gatewatch.records import Record
 from gatewatch.store.query import RequestQuery, Scope
 from gatewatch.store.rollups import UsageRows, UsageSpec
 
-__all__ = ["Identity", "Page", "ScopeLimits", "Store", "StoreError"]
+__all__ = ["Identity", "Page", "ScopeLimits", "Store", "StoreError", "StoreUnavailable"]
 
 
 class StoreError(Exception):
     """A store operation that cannot be done (conflict, not found); the message says why."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot take a write now (locked by another process, down, out of disk):
+    worth trying again later."""
 
 
 @dataclass(frozen=True, slots=True)

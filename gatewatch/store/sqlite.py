@@ -19,7 +19,7 @@ from gatewatch.store import rollups
 from gatewatch.store._sqlite_alerts import AlertsMixin
 from gatewatch.store._sqlite_export import export_select
 from gatewatch.store._sqlite_upkeep import UpkeepMixin
-from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError
+from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError, StoreUnavailable
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope, and_where
 from gatewatch.store.rollups import ulid_floor as _ulid_floor
@@ -799,11 +799,25 @@ class _Tx:
 
     def __enter__(self) -> sqlite3.Connection:
         self.store._write_lock.acquire()
-        self.store._writer.execute("BEGIN IMMEDIATE")
+        try:
+            self.store._writer.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self.store._write_lock.release()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailable(f"the database is not available: {exc}") from exc
+            raise
         return self.store._writer
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        db = self.store._writer
         try:
-            self.store._writer.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.OperationalError as err:
+                    db.execute("ROLLBACK")
+                    raise StoreUnavailable(f"the database is not available: {err}") from err
+            else:
+                db.execute("ROLLBACK")
         finally:
             self.store._write_lock.release()
