@@ -17,7 +17,7 @@ import pytest
 from conftest import RunningGateway
 
 from gatewatch.records import Record, new_id
-from gatewatch.store.rollups import CUBOIDS, RELATIVE_ERROR
+from gatewatch.store.rollups import CUBOIDS, NS, RELATIVE_ERROR, sum_hist
 
 DAY = 86400
 # 2026-10-30 00:00 UTC: five days that include the end of US daylight saving (Nov 1)
@@ -438,7 +438,10 @@ def test_an_existing_database_gets_its_rollups_at_upgrade(tmp_path: Any) -> None
     for c in CUBOIDS:
         w.execute(f"DROP TABLE {c.table}")
     w.execute("DROP TABLE leases")
-    w.execute("DELETE FROM _migrations WHERE name IN ('m004_rollups', 'm005_leases')")
+    w.execute(
+        "DELETE FROM _migrations"
+        " WHERE name IN ('m004_rollups', 'm005_leases', 'm007_rollup_client')"
+    )
     store.close()
     store = SQLiteStore(path)
     assert "m004_rollups" in store.migrate()
@@ -446,3 +449,33 @@ def test_an_existing_database_gets_its_rollups_at_upgrade(tmp_path: Any) -> None
     source, rows = store.usage_rows(Scope("owner", "", ""), spec)
     assert source == "rollups"
     assert rows[(0, ())][0] == 300 and rows[(0, ())][7] == 3_000_000_000
+
+
+def test_the_client_rollup_is_filled_from_the_base_one_at_upgrade(tmp_path: Any) -> None:
+    from gatewatch.store import RequestQuery, Scope, SQLiteStore
+    from gatewatch.store.rollups import UsageSpec
+
+    path = str(tmp_path / "old.db")
+    store = SQLiteStore(path)
+    store.migrate()
+    records = []
+    for i in range(240):
+        r = Record(id=new_id(T0 + i * 60), started=T0 + i * 60, endpoint="/v1/chat/completions",
+                   org_id="o", user_id="u", provider="openai", model="m", status_code=200,
+                   client=("cursor", "codex", None)[i % 3], cost_usd=0.01)  # fmt: skip
+        r.ended = r.started + 0.2 + (i % 7)
+        records.append(r)
+    store.insert_records(records)
+    spec = UsageSpec(T0, T0 + DAY, (T0, T0 + DAY), ("client",), RequestQuery({}))
+    before = store.usage_rows(Scope("owner", "", ""), spec)
+    w = store._writer  # type: ignore[attr-defined]
+    w.execute("DROP TABLE rollup_client")  # as a database from before m007
+    w.execute("DELETE FROM _migrations WHERE name = 'm007_rollup_client'")
+    store.close()
+    store = SQLiteStore(path)
+    assert store.migrate() == ["m007_rollup_client"]
+    after = store.usage_rows(Scope("owner", "", ""), spec)
+    assert after[0] == "rollups" and after[1].keys() == before[1].keys()
+    for key, v in after[1].items():
+        assert v[:NS] == before[1][key][:NS] and v[:NS][0] == 80
+        assert sum_hist(v[NS]) == sum_hist(before[1][key][NS])

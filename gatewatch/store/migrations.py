@@ -126,7 +126,11 @@ def m004_rollups(db: sqlite3.Connection) -> None:
     """Usage rollups per hour and per UTC day (§A4), built from the records already stored."""
     from gatewatch.store import rollups
 
-    db.executescript(rollups.schema())
+    db.executescript(
+        rollups.schema(
+            ("rollup_user", "rollup_model", "rollup_tag", "rollup_end_user", "rollup_base")
+        )
+    )
 
 
 def m005_leases(db: sqlite3.Connection) -> None:
@@ -179,6 +183,20 @@ def m006_alerts(db: sqlite3.Connection) -> None:
     )
 
 
+def m007_rollup_client(db: sqlite3.Connection) -> None:
+    """A small rollup per organization, provider, client and status (the client leaderboard
+    read the largest one), filled from the base rollup, which has every dimension."""
+    from gatewatch.store import rollups
+
+    db.executescript(rollups.schema(("rollup_client",)))
+    sums = ", ".join(f"sum({m})" for m in rollups.SCALARS)
+    db.execute(
+        f"INSERT INTO rollup_client SELECT grain, bucket, org_id, provider, client, status,"
+        f" {sums}, gw_hist_sum(hist) FROM rollup_base"
+        " GROUP BY grain, bucket, org_id, provider, client, status"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_identities", m001_identities),
     ("m002_requests", m002_requests),
@@ -186,6 +204,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("m004_rollups", m004_rollups),
     ("m005_leases", m005_leases),
     ("m006_alerts", m006_alerts),
+    ("m007_rollup_client", m007_rollup_client),
 ]
 
 

@@ -100,6 +100,7 @@ class Cuboid:
 CUBOIDS: tuple[Cuboid, ...] = (
     Cuboid("rollup_user", ("org", "user")),
     Cuboid("rollup_model", ("org", "provider", "model", "status")),
+    Cuboid("rollup_client", ("org", "provider", "client", "status")),
     Cuboid("rollup_tag", ("org", "user", "tag")),
     Cuboid("rollup_end_user", ("org", "user", "end_user")),
     Cuboid(
@@ -110,11 +111,11 @@ CUBOIDS: tuple[Cuboid, ...] = (
 _BY_TABLE = {c.table: c for c in CUBOIDS}
 
 
-def schema() -> str:
-    """CREATE statements of every rollup table (the m004 migration)."""
+def schema(tables: Sequence[str]) -> str:
+    """CREATE statements of these rollup tables (their migrations')."""
     out = []
     metric_cols = ", ".join(f"{m} INTEGER NOT NULL DEFAULT 0" for m in SCALARS)
-    for c in CUBOIDS:
+    for c in (_BY_TABLE[t] for t in tables):
         dims = ", ".join(f"{col} TEXT NOT NULL" for col in c.columns)
         key = ", ".join(("grain", "bucket", *c.columns))
         out.append(
@@ -351,15 +352,18 @@ def aggregate(batch: Sequence[Facts]) -> dict[str, _Acc]:
                          scalars, hist)  # fmt: skip
                 for tag in tags:
                     _add(extra["rollup_tag"], (grain, bucket, org, user, tag), scalars, hist)
-    out: dict[str, _Acc] = {"rollup_base": {}, "rollup_user": {}, "rollup_model": {}, **extra}
+    out: dict[str, _Acc] = {
+        "rollup_base": {}, "rollup_user": {}, "rollup_model": {}, "rollup_client": {}, **extra,
+    }  # fmt: skip
     for key, metrics in base.items():
-        hour, day, org, user, _k, provider, model_req, model, status = key[:9]
+        hour, day, org, user, _k, provider, model_req, model, status, client = key[:10]
         sums, h = metrics[:NS], metrics[NS]
         for grain, bucket in (("h", hour), ("d", day)):
             _add(out["rollup_base"], (grain, bucket, *key[2:]), sums, h)
             _add(out["rollup_user"], (grain, bucket, org, user), sums, h)
             _add(out["rollup_model"], (grain, bucket, org, provider, model_req, model, status),
                  sums, h)  # fmt: skip
+            _add(out["rollup_client"], (grain, bucket, org, provider, client, status), sums, h)
     return out
 
 
