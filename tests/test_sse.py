@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatewatch.pricing import Usage
-from gatewatch.proxy.sse import SSEParser
+from gatewatch.proxy.sse import EventTooLarge, SSEParser
 from gatewatch.proxy.usage import last_user_prompt, read_blocking, stream_reader
 from gatewatch.records import ToolCall
 
@@ -80,7 +80,7 @@ _contents = st.builds(
     reasoning=st.integers(0, 1_000),
     keepalive=st.booleans(),
     cumulative_delta_usage=st.booleans(),
-    eol=st.sampled_from([b"\n", b"\r\n"]),
+    eol=st.sampled_from([b"\n", b"\r\n", b"\r"]),  # all three line ends the SSE spec allows
 )
 
 
@@ -274,12 +274,13 @@ def read(kind: str, pieces: list[bytes], strip_usage: bool) -> Read:
     reader = stream_reader(kind, strip_usage)
     raws: list[bytes] = []
     relayed: list[bytes] = []
-    for piece in pieces:
-        for ev in parser.feed(piece):
-            raws.append(ev.raw)
-            if not reader.on_event(ev.event, ev.data):
-                relayed.append(ev.raw)
-    return Read(raws, b"".join(relayed), parser.pending, reader.message(), reader.usage,
+    events = [ev for piece in pieces for ev in parser.feed(piece)]
+    pending = parser.pending
+    for ev in events + parser.end():
+        raws.append(ev.raw)
+        if not reader.on_event(ev.event, ev.data):
+            relayed.append(ev.raw)
+    return Read(raws, b"".join(relayed), pending, reader.message(), reader.usage,
                 reader.tool_calls(), reader.model, reader.done)  # fmt: skip
 
 
@@ -328,7 +329,7 @@ def test_stream_cut_anywhere_reads_the_same(
     check_stream(stream, cut(stream.raw, positions), strip_usage)
 
 
-@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
 @pytest.mark.parametrize("kind", ["chat", "messages", "responses"])
 def test_stream_fed_one_byte_at_a_time(kind: str, eol: bytes) -> None:
     content = Content(["Il fait ", "beau à ", "Paris ☀\n"], {"city": "Paris", "days": 3},
@@ -349,6 +350,79 @@ def test_chunk_with_choices_and_usage_is_relayed_even_when_stripping() -> None:
     assert got.relayed == raw
     assert got.message["choices"][0]["message"]["content"] == "end."
     assert (got.usage.input_tokens, got.usage.output_tokens) == (9, 2)
+
+
+def events_of(
+    pieces: list[bytes], parser: SSEParser | None = None
+) -> list[tuple[str | None, bytes]]:
+    parser = parser or SSEParser()
+    return [(ev.event, ev.data) for piece in pieces for ev in parser.feed(piece)]
+
+
+def test_bare_cr_line_ends_are_line_ends() -> None:
+    # A stream whose lines all end in CR alone: each event is read as soon as its blank line is.
+    parser = SSEParser()
+    assert events_of([b"event: a\rdata: 1\r\r"], parser) == [("a", b"1")]
+    assert events_of([b"data: 2\r", b"data: 3\r", b"\r"], parser) == [(None, b"2\n3")]
+    assert parser.pending == b""
+
+
+def test_a_crlf_cut_between_cr_and_lf_ends_its_line_once() -> None:
+    # The LF after a CR that ended a chunk belongs to that line end: it is not a blank line,
+    # which would cut "data: a" and "data: b" into two events.
+    assert events_of([b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]) == [(None, b"a\nb")]
+    # A blank line cut there is read with its LF, so the event's bytes are whole ...
+    parser = SSEParser()
+    assert events_of([b"data: a\r\n\r"], parser) == []
+    got = [(ev.raw, ev.data) for ev in parser.feed(b"\ndata: b\r\n\r\n")]
+    assert got == [(b"data: a\r\n\r\n", b"a"), (b"data: b\r\n\r\n", b"b")]
+    # ... or when the stream ends there
+    parser = SSEParser()
+    assert events_of([b"data: a\r\n\r"], parser) == []
+    assert [(ev.raw, ev.data) for ev in parser.end()] == [(b"data: a\r\n\r", b"a")]
+    parser = SSEParser()
+    assert events_of([b"data: a\r\n"], parser) == []
+    assert parser.end() == []  # an incomplete event is dropped at the end
+
+
+def test_mixed_line_ends_and_stray_blank_lines() -> None:
+    raw = b"\n\r\ndata: a\ndata: b\r\n\rdata: c\r\r\r\n\nevent: x\rdata: d\n\r\n"
+    expected = [(None, b"a\nb"), (None, b"c"), ("x", b"d")]
+    assert events_of([raw]) == expected
+    assert events_of([raw[i : i + 1] for i in range(len(raw))]) == expected
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_a_long_event_is_read_whole_wherever_it_is_cut(eol: bytes) -> None:
+    big = b"event: big" + eol + b"data: " + b"x" * 300_000 + eol + b"data: y" + eol + eol
+    raw = big + b"data: next" + eol + eol
+    expected = [("big", b"x" * 300_000 + b"\ny"), (None, b"next")]
+    cuts = [[raw[i : i + step] for i in range(0, len(raw), step)] for step in (1_000, 4_093)]
+    cuts += [[raw[:k], raw[k:]] for k in range(len(big) - 6, len(big) + 1)]
+    for pieces in cuts:
+        parser = SSEParser(max_pending=len(big))
+        got = [ev for piece in pieces for ev in parser.feed(piece)]
+        assert [(ev.event, ev.data) for ev in got] == expected
+        assert [ev.raw for ev in got] == [big, raw[len(big) :]]
+        assert parser.pending == b""
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_a_line_that_never_ends_is_refused_past_the_limit(eol: bytes) -> None:
+    parser = SSEParser(max_pending=1_000)
+    assert events_of([b"data: first" + eol + eol + b"data: ", b"y" * 900], parser) == [
+        (None, b"first")
+    ]
+    assert parser.pending_size == 906
+    with pytest.raises(EventTooLarge) as caught:
+        parser.feed(b"y" * 100)  # 1,006 bytes without the end of an event
+    assert caught.value.events == []
+    assert parser.pending == b""  # let go of
+    # a chunk that completes events and then goes over: the events come with the error
+    with pytest.raises(EventTooLarge) as caught:
+        SSEParser(max_pending=1_000).feed(b"data: ok" + eol + eol + b"data: " + b"z" * 1_000)
+    assert [(ev.event, ev.data) for ev in caught.value.events] == [(None, b"ok")]
+    assert str(caught.value) == "more than 1000 bytes without the end of an SSE event"
 
 
 # ---- blocking bodies --------------------------------------------------------------------------

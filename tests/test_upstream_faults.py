@@ -44,6 +44,7 @@ SLACK = 5.0  # the other faulty providers': a busy test machine must not turn a 
 PAUSE = 4 * TIMEOUT  # a silence mid-answer, well over the timeout
 BAD_HEADER_VALUE = b"caf\xc3\xa9 \x01\xff"  # UTF-8, a control byte, a byte that is not UTF-8
 HOLD_LIMIT = 20.0  # the longest a held connection stays open if the gateway never closes it
+ENDLESS_LIMIT = 64 * 1024 * 1024  # the most an ``endless`` line sends if the gateway never cuts it
 
 MSG = [{"role": "user", "content": "hello there gateway"}]
 ANSWER = (
@@ -74,7 +75,11 @@ class FaultyLink:
     - ``trickle``: the whole answer in ``TRICKLE_PIECES`` pieces, ``TRICKLE_GAP`` seconds apart;
     - ``split``: the whole answer in 13-byte writes (events cut at odd places);
     - ``badhead``: the answer with ``BAD_HEADER_VALUE`` as its request-id and retry-after;
-    - ``garbage``: bytes that are not HTTP, then the connection is closed.
+    - ``garbage``: bytes that are not HTTP, then the connection is closed;
+    - ``cr`` (streams): the stream with every line ending in a bare CR, in 13-byte chunks;
+    - ``endless`` (streams): the stream's first 4 events, then a data line that never ends, in
+      64 KiB chunks, until the gateway closes the connection (``endless`` then gets "closed")
+      or ``ENDLESS_LIMIT`` bytes have gone (it gets "limit").
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -82,6 +87,7 @@ class FaultyLink:
         self.port = 0
         self.held = 0  # connections being held open right now
         self.held_to_the_limit = 0  # held connections the gateway never closed
+        self.endless: list[str] = []  # how each endless line ended
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -173,6 +179,21 @@ class FaultyLink:
             pos += 2
         return answer.index(b"\r\n", pos + 2) + 2 + 5
 
+    @staticmethod
+    def _unchunk(answer: bytes) -> tuple[bytes, bytes]:
+        """The head (through its blank line) and the body of a chunked answer, unchunked."""
+        end = answer.index(b"\r\n\r\n") + 4
+        head, pos, body = answer[:end], end, bytearray()
+        while size := int(answer[pos : answer.index(b"\r\n", pos)].split(b";")[0], 16):
+            pos = answer.index(b"\r\n", pos) + 2
+            body += answer[pos : pos + size]
+            pos += size + 2
+        return head, bytes(body)
+
+    @staticmethod
+    def _chunk(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
         await writer.drain()
@@ -219,16 +240,42 @@ class FaultyLink:
         )  # fmt: skip
         await self._send(writer, head + answer[end:])
 
+    async def _cr(self, answer: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        head, body = self._unchunk(answer)
+        body = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        await self._send(writer, head)
+        for i in range(0, len(body), 13):
+            await self._send(writer, self._chunk(body[i : i + 13]))
+            await asyncio.sleep(0.001)
+        await self._send(writer, b"0\r\n\r\n")
+
+    async def _endless(self, answer: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        head, body = self._unchunk(answer)
+        cut = 0
+        for _ in range(4):
+            cut = body.index(b"\n\n", cut) + 2
+        piece, sent = self._chunk(b"x" * 65536), 0
+        try:
+            await self._send(writer, head + self._chunk(body[:cut] + b"data: {"))
+            while sent < ENDLESS_LIMIT:
+                await self._send(writer, piece)
+                sent += 65536
+        except ConnectionError:
+            self.endless.append("closed")
+        else:
+            self.endless.append("limit")
+
     _Fault = Callable[["FaultyLink", bytes, Any, asyncio.StreamWriter], Awaitable[None]]
     _faults: dict[str, _Fault] = {
         "ok": _ok, "rst": _rst, "headers": _headers, "stall": _stall, "pause": _pause,
-        "trickle": _trickle, "split": _split, "badhead": _badhead,
+        "trickle": _trickle, "split": _split, "badhead": _badhead, "cr": _cr,
+        "endless": _endless,
     }  # fmt: skip
 
 
 FAULTS = (
     "ok", "rst", "rst-early", "silent", "headers", "stall", "pause", "trickle", "split",
-    "badhead", "garbage",
+    "badhead", "garbage", "cr", "endless",
 )  # fmt: skip
 TIMED = ("silent", "headers", "stall", "pause")  # faults whose providers time out at TIMEOUT
 
@@ -531,6 +578,27 @@ def test_headers_then_silence_is_504_before_the_first_byte(gw, link, family, str
     wait_until(lambda: link.held == 0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_event_that_never_ends_is_cut_at_the_limit(gw, link, monkeypatch, family):
+    # ``endless`` sends 4 events, then one line that never ends: the gateway holds at most
+    # ``max_event_bytes`` of it (lowered here to 1 MiB), then ends the stream with an error
+    # event and closes the upstream connection.
+    monkeypatch.setattr(gw.gateway.proxy, "max_event_bytes", 1024 * 1024)
+    before = len(link.endless)
+    got = stream_text(family, gw, provider("endless", family), model_for(family))
+    assert got.text and ANSWER.startswith(got.text) and got.text != ANSWER  # the 4 events came
+    message = f"{provider('endless', family)} broke the stream: more than 1 MiB without the end"
+    assert got.failure is not None and message in str(got.failure)
+    rec = gw.record(rid(got.headers))
+    assert (rec["status"], rec["status_code"], rec["error_type"]) == (
+        "error", 200, "upstream_stream_broken"
+    )  # fmt: skip
+    assert rec["error_message"] == f"{message} of an SSE event"
+    assert attempts(rec) == [(provider("endless", family), 200, "stream_broken")]
+    wait_until(lambda: len(link.endless) > before)
+    assert link.endless[-1] == "closed"  # by the gateway, long before ENDLESS_LIMIT
+
+
 # ---- 3. an upstream that never answers --------------------------------------------------------
 
 
@@ -648,6 +716,19 @@ def test_a_stream_cut_at_odd_bytes_works_with_the_sdk(gw, family):
     rec = gw.record(rid(got.headers))
     assert rec["status"] == "ok"
     assert (rec["input_tokens"], rec["output_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_stream_with_bare_cr_line_ends_is_relayed_and_read(gw, family):
+    # The SSE spec allows CR, LF and CRLF line ends; ``cr`` ends every line in a bare CR.
+    got = stream_text(family, gw, provider("cr", family), model_for(family))
+    assert (got.text, got.failure) == (ANSWER, None)
+    rec = gw.record(rid(got.headers))
+    assert (rec["status"], rec["error_type"]) == ("ok", None)
+    assert (rec["input_tokens"], rec["output_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
+    assert attempts(rec) == [(provider("cr", family), 200, "ok")]
+    resp = raw_request(gw, family, provider("cr", family), model_for(family), True)
+    assert b"\r\r" in resp.content and b"\n" not in resp.content  # relayed as it came
 
 
 # ---- 6. answers without usage -----------------------------------------------------------------

@@ -28,7 +28,7 @@ from gatewatch.proxy.errors import (
     sse_error_event,
 )
 from gatewatch.proxy.routing import ENDPOINTS, Endpoint, Router, Target, upstream_url
-from gatewatch.proxy.sse import SSEParser
+from gatewatch.proxy.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 from gatewatch.proxy.usage import last_user_prompt, read_blocking, stream_reader
 from gatewatch.records import Attempt, Record, new_id
 from gatewatch.settings import Settings
@@ -194,6 +194,7 @@ class ProxyHandler:
         self.metrics = metrics
         self.prices = prices
         self.max_body = settings.limits.max_body_bytes
+        self.max_event_bytes = MAX_EVENT_BYTES  # the most an SSE event may take (docs/proxy.md)
         self.keep_content = settings.content == "full"
         self.session: aiohttp.ClientSession | None = None
         self._timeouts = {
@@ -695,16 +696,23 @@ class ProxyHandler:
         attempt: Attempt,
         upstream_time: list[float],
     ) -> None:
-        parser = SSEParser()
+        parser = SSEParser(self.max_event_bytes)
         reader = stream_reader(endpoint.kind, strip_usage)
+        broken: str | None = None
 
         def take(chunk: bytes) -> bytes:
             # Whole events only: the part of an event still on its way waits in the parser, so
             # a stream that breaks mid-event ends with the error event, not glued to half of one.
-            held = bool(parser.pending)
-            events = parser.feed(chunk)
+            nonlocal broken
+            held = parser.pending_size
+            try:
+                events = parser.feed(chunk)
+            except EventTooLarge as exc:  # the part of the event that came is dropped
+                events, held = exc.events, 1
+                broken = f"{target.provider.name} broke the stream: {exc}"
+                resp.close()  # the rest is not read: let go of the upstream connection
             out = [ev.raw for ev in events if not reader.on_event(ev.event, ev.data)]
-            if not held and not parser.pending and len(out) == len(events):
+            if not held and not parser.pending_size and len(out) == len(events):
                 return chunk  # the usual case: whole events, relayed as they came
             return b"".join(out)
 
@@ -731,13 +739,21 @@ class ProxyHandler:
         if out:
             await send({"type": "http.response.body", "body": out, "more_body": True})
 
-        broken: str | None = None
         stalled = False
         try:
-            async for chunk in resp.content.iter_any():
-                out = take(chunk)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if broken is None:
+                async for chunk in resp.content.iter_any():
+                    out = take(chunk)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if broken is not None:
+                        break
+                else:  # an event whose blank line ended the stream (with a CR)
+                    out = b"".join(
+                        ev.raw for ev in parser.end() if not reader.on_event(ev.event, ev.data)
+                    )
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
         except asyncio.CancelledError:
             if not watch.absorb():
                 raise
