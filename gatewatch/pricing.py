@@ -55,6 +55,9 @@ class Rates:
     reasoning: _Tiered
 
     def cost(self, u: Usage) -> float | None:
+        """The price of the counts reported: a count that is None (the provider left it out)
+        adds nothing, so the result is never above the real cost; None when neither input
+        nor output is known."""
         if u.input_tokens is None and u.output_tokens is None:
             return None
         total_in = u.input_tokens or 0

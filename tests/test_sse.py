@@ -503,6 +503,36 @@ def test_read_blocking_anthropic_without_cache_fields() -> None:
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    ("kind", "usage", "expected"),
+    [
+        ("chat", {"prompt_tokens": 9}, (9, None)),
+        ("chat", {"completion_tokens": 4}, (None, 4)),
+        ("responses", {"input_tokens": 9}, (9, None)),
+        ("messages", {"input_tokens": 9}, (9, None)),
+        ("messages", {"output_tokens": 4}, (None, 4)),
+        ("embeddings", {"prompt_tokens": 9}, (9, 0)),  # an embedding has no output
+    ],
+)
+def test_a_count_the_provider_left_out_is_null_not_zero(
+    kind: str, usage: dict[str, int], expected: tuple[int | None, int | None]
+) -> None:
+    _, got, _ = read_blocking(kind, {"model": "m", "usage": usage})
+    assert (got.input_tokens, got.output_tokens) == expected
+    if kind == "embeddings":
+        return
+    if kind == "chat":  # in a stream: the usage chunk
+        events = [_event({"model": "m", "choices": [], "usage": usage}), _event(b"[DONE]")]
+    elif kind == "responses":
+        events = [_event({"type": "response.completed", "response": {"usage": usage}})]
+    else:  # Anthropic: message_start, then message_delta, each may leave a count out
+        start = {"type": "message_start", "message": {"model": "m", "usage": usage}}
+        delta = {"type": "message_delta", "delta": {}, "usage": {}}
+        events = [_event(start), _event(delta), _event({"type": "message_stop"})]
+    got = read(kind, events, strip_usage=False).usage
+    assert (got.input_tokens, got.output_tokens) == expected
+
+
 # ---- the prompt shown first in the log ----------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from conftest import (
 )
 
 from gatewatch.app import Gateway
+from gatewatch.pricing import PriceBook, Usage
 
 TIMEOUT = 0.3  # the provider timeout behind the faults that are about time (seconds)
 TRICKLE_TIMEOUT = 0.5  # the ``trickle`` providers'
@@ -79,7 +80,9 @@ class FaultyLink:
     - ``cr`` (streams): the stream with every line ending in a bare CR, in 13-byte chunks;
     - ``endless`` (streams): the stream's first 4 events, then a data line that never ends, in
       64 KiB chunks, until the gateway closes the connection (``endless`` then gets "closed")
-      or ``ENDLESS_LIMIT`` bytes have gone (it gets "limit").
+      or ``ENDLESS_LIMIT`` bytes have gone (it gets "limit");
+    - ``nooutput``: the answer with every usage's output count (``completion_tokens``,
+      ``output_tokens``) left out, the input counts kept.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -265,17 +268,42 @@ class FaultyLink:
         else:
             self.endless.append("limit")
 
+    async def _nooutput(self, answer: bytes, reader: Any, writer: asyncio.StreamWriter) -> None:
+        def strip(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {
+                    k: strip(v) for k, v in value.items()
+                    if k not in ("completion_tokens", "output_tokens")
+                }  # fmt: skip
+            return [strip(v) for v in value] if isinstance(value, list) else value
+
+        end = answer.index(b"\r\n\r\n") + 4
+        if b"transfer-encoding: chunked" in answer[:end].lower():  # a stream
+            head, body = self._unchunk(answer)
+            body = re.sub(
+                rb"(?m)^data: (\{.*)$",
+                lambda m: b"data: " + json.dumps(strip(json.loads(m[1]))).encode(),
+                body,
+            )
+            await self._send(writer, head + self._chunk(body) + b"0\r\n\r\n")
+            return
+        body = json.dumps(strip(json.loads(answer[end:]))).encode()
+        head = re.sub(
+            rb"(?im)^content-length:[^\r]*", b"content-length: %d" % len(body), answer[:end]
+        )
+        await self._send(writer, head + body)
+
     _Fault = Callable[["FaultyLink", bytes, Any, asyncio.StreamWriter], Awaitable[None]]
     _faults: dict[str, _Fault] = {
         "ok": _ok, "rst": _rst, "headers": _headers, "stall": _stall, "pause": _pause,
         "trickle": _trickle, "split": _split, "badhead": _badhead, "cr": _cr,
-        "endless": _endless,
+        "endless": _endless, "nooutput": _nooutput,
     }  # fmt: skip
 
 
 FAULTS = (
     "ok", "rst", "rst-early", "silent", "headers", "stall", "pause", "trickle", "split",
-    "badhead", "garbage", "cr", "endless",
+    "badhead", "garbage", "cr", "endless", "nooutput",
 )  # fmt: skip
 TIMED = ("silent", "headers", "stall", "pause")  # faults whose providers time out at TIMEOUT
 
@@ -749,6 +777,25 @@ def test_an_answer_without_usage_is_recorded_with_null_tokens_and_cost(gw, famil
         rec = gw.record(rid(resp.headers))
         assert (rec["status"], rec["status_code"], rec["error_type"]) == ("ok", 200, None)
         assert (rec["input_tokens"], rec["output_tokens"], rec["cost_usd"]) == (None, None, None)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_output_count_left_out_is_null_and_only_the_input_is_priced(gw, family, stream):
+    # §R: counts follow the provider's report; one it left out is null, never a made-up 0. The
+    # cost prices what was reported (the input), so it is never above the real one.
+    resp = raw_request(gw, family, provider("nooutput", family), model_for(family), stream)
+    assert resp.status_code == 200
+    rec = gw.record(rid(resp.headers))
+    assert (rec["status"], rec["error_type"]) == ("ok", None)
+    assert (rec["input_tokens"], rec["output_tokens"]) == (INPUT_TOKENS, None)
+    settings = next(p for p in gw.gateway.settings.providers if p.name == family)
+    known = Usage(INPUT_TOKENS, None, 0, 0, 0)
+    input_only = PriceBook({}).cost(settings, rec["model"], known, model_for(family))
+    assert input_only is not None and input_only > 0
+    assert rec["cost_usd"] == pytest.approx(input_only)
+    if not stream:
+        assert float(resp.headers["x-gatewatch-cost-usd"]) == pytest.approx(input_only)
 
 
 # ---- 7. upstream errors that are not JSON -----------------------------------------------------

@@ -17,6 +17,7 @@ __all__ = [
     "StreamReader",
     "anthropic_usage",
     "chat_usage",
+    "embeddings_usage",
     "last_user_prompt",
     "read_blocking",
     "responses_usage",
@@ -39,19 +40,26 @@ def _get(d: Any, *path: str) -> Any:
 
 
 def chat_usage(u: Any) -> Usage:
-    """OpenAI chat/embeddings usage: cached tokens are inside prompt_tokens, reasoning tokens
-    inside completion_tokens."""
+    """OpenAI chat usage: cached tokens are inside prompt_tokens, reasoning tokens inside
+    completion_tokens. A count the provider left out stays None, never 0 (§R)."""
     if not isinstance(u, dict):
         return Usage()
-    prompt = _int(u.get("prompt_tokens"))
-    completion = _int(u.get("completion_tokens"))
     return Usage(
-        input_tokens=prompt,
-        output_tokens=completion if completion is not None else (0 if prompt is not None else None),
+        input_tokens=_int(u.get("prompt_tokens")),
+        output_tokens=_int(u.get("completion_tokens")),
         cache_read_tokens=_int(_get(u, "prompt_tokens_details", "cached_tokens")) or 0,
         cache_write_tokens=0,
         reasoning_tokens=_int(_get(u, "completion_tokens_details", "reasoning_tokens")) or 0,
     )
+
+
+def embeddings_usage(u: Any) -> Usage:
+    """OpenAI embeddings usage: prompt tokens only; an embedding has no output, so output is 0
+    once the input is known."""
+    usage = chat_usage(u)
+    if usage.input_tokens is not None and usage.output_tokens is None:
+        usage.output_tokens = 0
+    return usage
 
 
 def responses_usage(u: Any) -> Usage:
@@ -188,7 +196,7 @@ def read_blocking(kind: str, body: Any) -> tuple[str | None, Usage, list[ToolCal
             calls.extend(_chat_tool_calls(_get(choice, "message")))
         return model, chat_usage(body.get("usage")), calls
     if kind == "embeddings":
-        return model, chat_usage(body.get("usage")), []
+        return model, embeddings_usage(body.get("usage")), []
     if kind == "responses":
         return (
             model,
