@@ -627,6 +627,47 @@ def test_an_event_that_never_ends_is_cut_at_the_limit(gw, link, monkeypatch, fam
     assert link.endless[-1] == "closed"  # by the gateway, long before ENDLESS_LIMIT
 
 
+@pytest.mark.parametrize("fault", ["stall", "rst"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streams_that_fail_after_their_first_byte_open_the_circuit(
+    upstream, link, tmp_path, family, fault
+):
+    # §C3: a stream that stalls or breaks after it started cannot fail over any more, but it
+    # is a failure of its target: after failure_threshold of them the circuit opens, and the
+    # next requests skip the target (failover) or are refused (its only route).
+    target, model = provider(fault, family), model_for(family)
+    settings = gateway_settings(
+        tmp_path, upstream.url, providers=fault_providers(upstream.url, link.url),
+        models={"flaky": [f"{target}/{model}", f"{family}/{model}"]},
+        circuit_breaker={"failure_threshold": 2, "cooldown": 60},
+    )  # fmt: skip
+    gateway = Gateway(settings)
+    own = RunningGateway(ServerThread(gateway).start(), gateway)
+    try:
+        for _ in range(2):
+            got = stream_text(family, own, None, "flaky")
+            assert got.failure is not None and got.text != ANSWER  # cut after its first byte
+            reason = "timeout" if fault == "stall" else "stream_broken"
+            assert attempts(own.record(rid(got.headers))) == [(target, 200, reason)]
+        with own.api() as api:
+            states = {t["target"]: t for t in api.get("/api/v1/providers").json()["targets"]}
+        assert states[f"{target}/{model}"]["state"] == "open"
+        assert states[f"{target}/{model}"]["consecutive_failures"] == 2
+        got = stream_text(family, own, None, "flaky")  # the open target is skipped
+        assert (got.text, got.failure) == (ANSWER, None)
+        assert got.headers["x-gatewatch-attempts"] == "2"
+        assert attempts(own.record(rid(got.headers))) == [
+            (target, None, "circuit_open"), (family, 200, "ok")
+        ]  # fmt: skip
+        resp = raw_request(own, family, target, model, True)  # its only route: refused
+        assert resp.status_code == 503
+        assert 0 < int(resp.headers["retry-after"]) <= 60
+        assert "is failing and paused" in error_of(family, resp.json())["message"]
+        assert own.record(rid(resp.headers))["error_type"] == "circuit_open"
+    finally:
+        own.server.stop()
+
+
 # ---- 3. an upstream that never answers --------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import orjson
@@ -109,6 +109,13 @@ class _Disconnect:
             await send(message)
 
         return guarded
+
+
+# What an answer relayed to the client says about its target, for the circuit breaker: "ok" it
+# answered; "refused" a 4xx about the request itself (says nothing about the target); "failed" a
+# stream that broke, stalled or went over the event limit after its first byte (a failure,
+# though too late to fail over).
+_Relayed = Literal["ok", "refused", "failed"]
 
 
 class _UpstreamFailed(Exception):
@@ -465,9 +472,11 @@ class ProxyHandler:
                     verdict = True
                     last, last_response = None, outcome
                     continue
-                if outcome:  # the target answered
+                if outcome == "ok":
                     breakers.record_success(key, ms)
-                else:  # a 4xx about the request itself says nothing about the target
+                elif outcome == "failed":
+                    breakers.record_failure(key, ms)
+                else:
                     breakers.release(key)
                 verdict = True
                 return
@@ -514,10 +523,10 @@ class ProxyHandler:
         watch: _Disconnect,
         send: Send,
         upstream_time: list[float],
-    ) -> _UpstreamFailed | tuple[int, bytes, list[tuple[bytes, bytes]]] | bool:
+    ) -> _UpstreamFailed | tuple[int, bytes, list[tuple[bytes, bytes]]] | _Relayed:
         """One try at one target. Returns a failure to fail over from (connection, timeout,
-        or the provider's 429/5xx answer, not yet relayed), or whether the answer relayed to
-        the client was a success (True) or the provider refusing the request itself (False)."""
+        or the provider's 429/5xx answer, not yet relayed), or what the answer relayed to the
+        client says about the target (``_Relayed``)."""
         assert self.session is not None
         rec.provider = target.provider.name
         data, strip_usage = self._body_for(target, payload, body, rec, endpoint.kind)
@@ -546,7 +555,7 @@ class ProxyHandler:
             attempt.status_code = resp.status
             try:
                 if rec.stream and resp.status < 300 and resp.content_type == "text/event-stream":
-                    await self._relay_stream(
+                    served = await self._relay_stream(
                         rec,
                         endpoint,
                         target,
@@ -558,7 +567,7 @@ class ProxyHandler:
                         attempt,
                         upstream_time,
                     )
-                    return True
+                    return "ok" if served else "failed"
                 content = await resp.read()
             except _UpstreamFailed as exc:
                 failed = exc
@@ -577,7 +586,7 @@ class ProxyHandler:
                 if resp.status >= 400:
                     attempt.reason = "upstream_4xx"
                 await self._send_blocking(rec, endpoint, target, resp, content, send)
-                return resp.status < 400
+                return "ok" if resp.status < 400 else "refused"
             finally:
                 resp.release()
         upstream_time[0] += time.perf_counter() - a0
@@ -695,7 +704,9 @@ class ProxyHandler:
         a0: float,
         attempt: Attempt,
         upstream_time: list[float],
-    ) -> None:
+    ) -> bool:
+        """Relay a stream whose first chunk has come. False when the target failed it after
+        that: it broke, stalled, ended early or sent an event over the limit."""
         parser = SSEParser(self.max_event_bytes)
         reader = stream_reader(endpoint.kind, strip_usage)
         broken: str | None = None
@@ -768,7 +779,8 @@ class ProxyHandler:
         upstream_time[0] += time.perf_counter() - a0
         if reader.model:
             rec.model = reader.model
-        if watch.gone:
+        served = True
+        if watch.gone:  # the target was answering: not a failure of it
             self._client_gone(rec)
         elif broken is not None or (
             not reader.done
@@ -776,6 +788,7 @@ class ProxyHandler:
             and endpoint.kind in ("chat", "messages", "responses")
         ):
             broken = broken or f"{target.provider.name} ended the stream before it was complete"
+            served = False
             code = "upstream_timeout" if stalled else "upstream_stream_broken"
             attempt.reason = "timeout" if stalled else "stream_broken"
             rec.status, rec.error_type, rec.error_message = "error", code, broken
@@ -805,6 +818,7 @@ class ProxyHandler:
         self._account(rec, target, reader.usage)
         if self.keep_content:
             rec.response_body = reader.message()
+        return served
 
     async def _models(
         self,
