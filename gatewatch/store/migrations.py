@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 
 __all__ = ["MIGRATIONS", "apply_migrations"]
 
@@ -197,6 +198,21 @@ def m007_rollup_client(db: sqlite3.Connection) -> None:
     )
 
 
+def m008_upkeep(db: sqlite3.Connection) -> None:
+    """Watermarks of background upkeep. ``rollups_exact_from``: from this Unix time (a whole
+    hour) on, the usage rollups count exactly the stored records, so a list's ``count`` may be
+    read from them (before it, they also count records the retention purge removed). The purge
+    moves it forward; ``gatewatch rollups rebuild`` sets it to the rebuilt range. A database
+    that already holds records may have had records purged: exact from the next hour on."""
+    db.execute("CREATE TABLE upkeep (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID")
+    (last,) = db.execute("SELECT max(started_at) FROM requests").fetchone()
+    start = 0
+    if last is not None:
+        start = int(datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp())
+        start = start // 3600 * 3600 + 3600
+    db.execute("INSERT INTO upkeep (name, value) VALUES ('rollups_exact_from', ?)", (start,))
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("m001_identities", m001_identities),
     ("m002_requests", m002_requests),
@@ -205,6 +221,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("m005_leases", m005_leases),
     ("m006_alerts", m006_alerts),
     ("m007_rollup_client", m007_rollup_client),
+    ("m008_upkeep", m008_upkeep),
 ]
 
 
