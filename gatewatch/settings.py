@@ -126,7 +126,7 @@ class RetentionSettings(_Section):
     content_days: int = Field(default=30, ge=0, description="Days bodies are kept (0 = forever)")
     aggregate_days: int = Field(default=400, ge=0, description="Days usage aggregates are kept")
     interval: float = Field(default=300.0, gt=0, description="Seconds between purges (jittered)")
-    batch: int = Field(default=1000, ge=1, description="Records deleted per short transaction")
+    batch: int = Field(default=5000, ge=1, description="Records deleted per short transaction")
     orgs: dict[str, OrgRetention] = Field(
         default_factory=dict, description="Organization name → its own days / content_days"
     )

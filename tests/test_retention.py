@@ -3,6 +3,8 @@ the records; organizations can keep theirs longer; a dry run counts without remo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -78,13 +80,16 @@ def _org(org: str) -> Any:
     return RequestQuery({"org": [org]})
 
 
-def test_records_content_and_rollups_each_have_their_own_age(store: SQLiteStore) -> None:
+@pytest.mark.parametrize("batch", [1, 1000])  # 1: batches step over the records kept
+def test_records_content_and_rollups_each_have_their_own_age(
+    store: SQLiteStore, batch: int
+) -> None:
     ids = _seed(store)
     settings = RetentionSettings(
-        days=60, content_days=30, aggregate_days=400,
+        days=60, content_days=30, aggregate_days=400, batch=batch,
         orgs={"keep": {"days": 0, "content_days": 0}, "brief": {"days": 5}},
     )  # fmt: skip
-    retention = Retention(store, settings)
+    retention = Retention(store, settings, pause=0)
     planned = retention.run_once(now=NOW, dry_run=True)
     assert store.get_request(OWNER, ids[("acme", "old")]) is not None  # a dry run removes nothing
     done = retention.run_once(now=NOW)
@@ -136,6 +141,43 @@ def test_one_purger_at_a_time(store: SQLiteStore) -> None:
     with store._transaction() as db:
         db.execute("UPDATE leases SET until = 0")  # a's lease ran out
     assert store.acquire_lease("retention", "b", 60)
+
+
+def _old_records(store: SQLiteStore, n: int) -> list[str]:
+    records = [_record(time.time() - 40 * DAY + i, "acme", i) for i in range(n)]
+    store.insert_records(records)
+    return [r.id for r in records]
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_a_long_purge_keeps_its_lease_and_stops_with_the_loop(store: SQLiteStore) -> None:
+    """A purge that outlasts its lease renews it (no second process starts purging the same
+    records), and stopping the gateway stops it after the current batch instead of waiting
+    for the whole backlog."""
+    ids = _old_records(store, 60)
+    settings = RetentionSettings(days=30, content_days=0, interval=0.05, batch=1)
+    retention = Retention(store, settings, pause=0.05)  # ~3 s for 60 records; lease: 0.15 s
+
+    async def run() -> None:
+        task = asyncio.create_task(retention.loop())
+        started = lambda: store.get_request(OWNER, ids[0]) is None  # noqa: E731
+        await asyncio.to_thread(_wait_for, started)
+        await asyncio.sleep(0.5)  # more than three leases
+        assert not store.acquire_lease("retention", "another-process", 60)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    left = sum(store.get_request(OWNER, i) is not None for i in ids)
+    time.sleep(0.3)
+    assert 0 < left == sum(store.get_request(OWNER, i) is not None for i in ids)
 
 
 def test_cli_dry_run_then_run(tmp_path: Path, store: SQLiteStore) -> None:

@@ -135,45 +135,47 @@ class UpkeepMixin:
         limit: int,
         org_id: str | None = None,
         exclude: Sequence[str] = (),
-    ) -> int:
-        """Remove up to ``limit`` of the oldest records (kind ``records``: the whole record) or
-        their content (``content``: bodies, prompt, tool arguments) started before ``before``,
-        in one short transaction. Returns how many; 0 when nothing is left to remove."""
+        after: str | None = None,
+    ) -> tuple[int, str | None]:
+        """Remove up to ``limit`` of the oldest records (kind ``records``: the whole record with
+        its facets and body) or their content (``content``: bodies, prompt, tool arguments)
+        started before ``before`` and after the id ``after``, in one short transaction. Returns
+        how many, and the id to pass as ``after`` to the next batch (None when none was left).
+
+        The batch never comes back to Python: one statement finds its last id, then one per
+        table removes the rows up to it. So the thread lets go of Python's GIL a handful of
+        times per batch, not once per row: a busy event loop in the same process neither slows
+        the purge to a crawl nor is slowed by it. The cursor keeps a batch from scanning again
+        the old records the purge keeps (an organization that keeps its records longer)."""
         cond, params = self._org_condition(org_id, exclude)
         if kind == "records":
-            select = f"SELECT r.id FROM requests r WHERE r.id < ?{cond} ORDER BY r.id LIMIT ?"
+            source, col = "requests r", "r.id"
         else:
-            select = (
-                "SELECT b.request_id FROM request_bodies b JOIN requests r ON r.id = b.request_id"
-                f" WHERE b.request_id < ?{cond} ORDER BY b.request_id LIMIT ?"
-            )
+            source, col = "request_bodies b JOIN requests r ON r.id = b.request_id", "b.request_id"
+        lo = after or ""
         with self._transaction() as db:
-            ids = [row[0] for row in db.execute(select, [_ulid_floor(before), *params, limit])]
-            if not ids:
-                return 0
-            batch = (orjson.dumps(ids).decode(),)
-            db.execute(
-                "DELETE FROM request_bodies WHERE request_id IN (SELECT value FROM json_each(?))",
-                batch,
-            )
+            n, hi = db.execute(
+                f"SELECT count(*), max(id) FROM (SELECT {col} AS id FROM {source}"
+                f" WHERE {col} > ? AND {col} < ?{cond} ORDER BY {col} LIMIT ?)",
+                [lo, _ulid_floor(before), *params, limit],
+            ).fetchone()
+            if not n:
+                return 0, None
+            batch = f"SELECT {col} FROM {source} WHERE {col} > ? AND {col} <= ?{cond}"
+            args = [lo, hi, *params]
             if kind == "records":
-                db.execute(
-                    "DELETE FROM request_facets WHERE request_id IN"
-                    " (SELECT value FROM json_each(?))",
-                    batch,
-                )
-                db.execute(
-                    "DELETE FROM requests WHERE id IN (SELECT value FROM json_each(?))", batch
-                )
+                db.execute(f"DELETE FROM request_bodies WHERE request_id IN ({batch})", args)
+                db.execute(f"DELETE FROM request_facets WHERE request_id IN ({batch})", args)
+                db.execute(f"DELETE FROM requests AS r WHERE r.id > ? AND r.id <= ?{cond}", args)
             else:
                 db.execute(
                     "UPDATE requests SET last_user_prompt = NULL, tool_calls = (SELECT"
                     " json_group_array(json_set(t.value, '$.arguments', '')) FROM"
-                    " json_each(requests.tool_calls) t)"
-                    " WHERE id IN (SELECT value FROM json_each(?))",
-                    batch,
+                    f" json_each(requests.tool_calls) t) WHERE id IN ({batch})",
+                    args,
                 )
-            return len(ids)
+                db.execute(f"DELETE FROM request_bodies WHERE request_id IN ({batch})", args)
+            return int(n), str(hi)
 
     def count_purgeable(
         self,

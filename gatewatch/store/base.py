@@ -156,8 +156,11 @@ class Store(abc.ABC):
         limit: int,
         org_id: str | None = None,
         exclude: Sequence[str] = (),
-    ) -> int:
-        """Remove up to ``limit`` old records (``records``) or their content (``content``)."""
+        after: str | None = None,
+    ) -> tuple[int, str | None]:
+        """Remove up to ``limit`` old records (``records``) or their content (``content``) with
+        ids after ``after``, in one short transaction; returns how many and the ``after`` of the
+        next batch (None when nothing was left)."""
 
     @abc.abstractmethod
     def count_purgeable(
