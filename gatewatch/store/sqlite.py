@@ -3,11 +3,9 @@ thread."""
 
 from __future__ import annotations
 
-import collections
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -514,22 +512,18 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         bodies = bool(_BODIES & {*columns})
         join = " LEFT JOIN request_bodies b ON b.request_id = r.id" if bodies else ""
         source, params, order = _keyset_source(scope, query, join)
-        conj = "AND" if " WHERE " in source else "WHERE"
-        # Where each page ends is found first, from the index alone (cheap); the pages are
-        # then built two at a time on two reader connections, so both cores render lines while
-        # the pages come out in order. At most three pages are in memory at once.
-        bound_sql = (
-            f"SELECT count(*), min(id) FROM (SELECT {order} AS id FROM {source} {conj}"
-            f" {order} < ? ORDER BY {order} DESC LIMIT ?)"
-        )
-
-        def build(lo: str, hi: str) -> bytes:
+        paged = f"{source} {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
+        # a small first page (rows can be large: long prompts, bodies), then pages sized from
+        # the bytes seen so far to about _EXPORT_PAGE_BYTES
+        size, after = min(page_size, 20 if bodies else 500), None
+        while True:
             page = (
-                f"SELECT {order} AS id, {line} AS line FROM {source} {conj}"
-                f" {order} >= ? AND {order} < ? ORDER BY {order} DESC"
+                f"SELECT {order} AS id, {line} AS line FROM {paged if after else source}"
+                f" ORDER BY {order} DESC LIMIT ?"
             )
-            args = [*line_params, *params, lo, hi]
-            db = self._reader()  # this pool thread's own connection
+            args = [*line_params, *params, *([after] if after else []), size]
+            # the reader of the thread running this step: each page may run on another thread
+            db = self._reader()
             # the page as one value: SQLite builds it without holding the GIL, and Python
             # handles one object per page instead of one per record (a third faster)
             count, ids, chunk = db.execute(
@@ -538,35 +532,16 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
                 args,
             ).fetchone()
             if not count:
-                return b""
-            if not _newest_first(ids.split(",")):  # SQLite does not promise group_concat's order
+                return
+            got = ids.split(",")
+            if not _newest_first(got):  # SQLite does not promise group_concat's order
                 rows = db.execute(f"SELECT line FROM ({page}) ORDER BY id DESC", args)
                 chunk = "".join([row[0] for row in rows]).encode()
-            return finish(chunk) if finish else chunk
-
-        # a small first page (rows can be large: long prompts, bodies), then pages sized from
-        # the bytes per record seen so far to about _EXPORT_PAGE_BYTES
-        size, after = min(page_size, 20 if bodies else 500), "\U0010ffff"
-        per_record: float | None = None
-        ahead: collections.deque[tuple[int, Future[bytes]]] = collections.deque()
-        with ThreadPoolExecutor(2, thread_name_prefix="gatewatch-export") as pool:
-            while True:
-                count, lo = self._reader().execute(bound_sql, [*params, after, size]).fetchone()
-                if not count:
-                    break
-                ahead.append((count, pool.submit(build, lo, after)))
-                if len(ahead) >= 2:
-                    n, done = ahead.popleft()
-                    chunk = done.result()
-                    per_record = len(chunk) / n if chunk else per_record
-                    yield chunk
-                if count < size:
-                    break
-                after = lo
-                if per_record:
-                    size = max(1, min(page_size, int(_EXPORT_PAGE_BYTES // per_record)))
-            while ahead:
-                yield ahead.popleft()[1].result()
+            yield finish(chunk) if finish else chunk
+            if count < size:
+                return
+            after = min(got)
+            size = max(1, min(page_size, count * _EXPORT_PAGE_BYTES // len(chunk)))
 
     # ---- identities --------------------------------------------------------------------------
 
