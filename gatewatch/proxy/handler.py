@@ -780,7 +780,7 @@ class ProxyHandler:
         if reader.model:
             rec.model = reader.model
         served = True
-        if watch.gone:  # the target was answering: not a failure of it
+        if watch.gone and not reader.done:  # the target was answering: not a failure of it
             self._client_gone(rec)
         elif broken is not None or (
             not reader.done
