@@ -290,6 +290,7 @@ class RecordWriter:
         return batch, self._stop_seen
 
     def _collect_now(self) -> list[object]:
+        """Everything queued now, without waiting (a stop marker among it is noted)."""
         rest: list[object] = []
         while True:
             try:
@@ -297,6 +298,7 @@ class RecordWriter:
             except queue.Empty:
                 return rest
             if item is _STOP:
+                self._stop_seen = True
                 self._queue.task_done()
             else:
                 rest.append(item)
@@ -438,17 +440,7 @@ class RecordWriter:
         """Move what is queued to the spool (under ``_lock``); the count moved."""
         if self.refusing and not force:
             return 0  # full: records wait in memory (and the proxy turns traffic away)
-        items: list[object] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                self._stop_seen = True
-                self._queue.task_done()
-            else:
-                items.append(item)
+        items = self._collect_now()
         if items:
             self._spill(items, force=force)
             for _ in items:
