@@ -93,6 +93,8 @@ class UpkeepMixin:
         with self._transaction() as w:  # rollups of records that are gone after the last one
             for c in rollups.CUBOIDS:
                 w.execute(f"DELETE FROM {c.table} WHERE bucket >= ?", (end,))
+            # the rebuilt days count exactly the records: list counts may read them
+            w.execute("UPDATE upkeep SET value = ? WHERE name = 'rollups_exact_from'", (day,))
         return done
 
     def usage_rows(self, scope: Scope, spec: UsageSpec) -> UsageRows:
@@ -164,6 +166,12 @@ class UpkeepMixin:
             batch = f"SELECT {col} FROM {source} WHERE {col} > ? AND {col} <= ?{cond}"
             args = [lo, hi, *params]
             if kind == "records":
+                # from here on a list count reads the records for the hours this purge touches
+                # (the usage rollups keep counting what it removes)
+                db.execute(
+                    "UPDATE upkeep SET value = max(value, ?) WHERE name = 'rollups_exact_from'",
+                    (-(-int(before) // 3600) * 3600,),
+                )
                 db.execute(f"DELETE FROM request_bodies WHERE request_id IN ({batch})", args)
                 db.execute(f"DELETE FROM request_facets WHERE request_id IN ({batch})", args)
                 db.execute(f"DELETE FROM requests AS r WHERE r.id > ? AND r.id <= ?{cond}", args)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gatewatch.records import parse_ts
 from gatewatch.store.query import ROLLUP_FILTERS, RequestQuery, Scope, and_where, rollup_where
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Cuboid",
     "UsageRows",
     "UsageSpec",
+    "count",
     "percentile",
 ]
 
@@ -542,6 +544,14 @@ def plan(scope: Scope, spec: UsageSpec) -> tuple[Cuboid, tuple[str, list[object]
     return None if cuboid is None else (cuboid, where)
 
 
+def _grains(lo: int, hi: int) -> list[tuple[str, int, int]]:
+    """[lo, hi) (whole hours) as hour rows around the day rows of the whole UTC days inside."""
+    d0, d1 = -(-lo // 86400) * 86400, hi // 86400 * 86400
+    if d0 < d1:
+        return [(g, a, b) for g, a, b in (("h", lo, d0), ("d", d0, d1), ("h", d1, hi)) if a < b]
+    return [("h", lo, hi)]
+
+
 def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     planned = plan(scope, spec)
     if planned is None:
@@ -552,9 +562,7 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     # day rows for the whole UTC days that lie inside one bucket: every day when the buckets are
     # whole UTC days (or one bucket covers the range), none otherwise (days of other zones)
     if len(spec.boundaries) == 2 or all(b % 86400 == 0 for b in spec.boundaries):
-        d0, d1 = -(-lo // 86400) * 86400, hi // 86400 * 86400
-        if d0 < d1:
-            ranges = [("h", lo, d0), ("d", d0, d1), ("h", d1, hi)]
+        ranges = _grains(lo, hi)
     groups = "".join(f", r.{DIMENSIONS[d]}" for d in spec.group_by)
     only, only_params = "", []
     if spec.only is not None:
@@ -614,16 +622,61 @@ def facet_values(
         raise ValueError(dim)
     where, params = scope.clause()
     col = f"r.{DIMENSIONS[dim]}"
-    d0, d1 = -(-lo // 86400) * 86400, hi // 86400 * 86400
-    ranges = [("h", lo, d0), ("d", d0, d1), ("h", d1, hi)] if d0 < d1 else [("h", lo, hi)]
+    ranges = _grains(lo, hi)
     union = " UNION ALL ".join(
         f"SELECT {col} AS v, r.requests AS n FROM {cuboid.table} r WHERE r.grain = '{g}'"
         f" AND r.bucket >= {a} AND r.bucket < {b}{and_where(where, 'AND')}"
         for g, a, b in ranges
-        if a < b
     )
     rows = db.execute(
         f"SELECT v, sum(n) FROM ({union}) WHERE v != '' GROUP BY v ORDER BY 2 DESC, 1 LIMIT ?",
-        [*(params * sum(1 for _, a, b in ranges if a < b)), limit],
+        [*(params * len(ranges)), limit],
     ).fetchall()
     return [(str(v), int(n)) for v, n in rows]
+
+
+_FAR = 253402300800  # 10000-01-01: a range with no end
+
+
+def count(
+    db: sqlite3.Connection, scope: Scope, query: RequestQuery, where: str, params: list[object]
+) -> int | None:
+    """A list's ``count`` (§A1): the whole hours of its range from the rollups (a few thousand
+    pre-summed rows instead of every matching record), the partial hours at either end from the
+    records (``where``/``params``: the list's own condition on ``requests r``); None when the
+    rollups cannot answer exactly (a filter they do not keep, several tags, a range that lies
+    before ``rollups_exact_from``, the hour the retention purge has reached)."""
+    tags = query.filters.get("tag")
+    if tags is not None and len(tags) > 1:  # a record with two of them is one record
+        return None
+    planned = plan(scope, UsageSpec(0, 3600, (0, 3600), (), query))
+    if planned is None:
+        return None
+    cuboid, (rwhere, rparams) = planned
+    lo_ts, hi_ts = (
+        max(parse_ts(v[0]), 0.0) if (v := query.filters.get(name)) else None
+        for name in ("started_after", "started_before")
+    )
+    row = db.execute("SELECT value FROM upkeep WHERE name = 'rollups_exact_from'").fetchone()
+    (oldest,) = db.execute("SELECT min(bucket) FROM rollup_user WHERE grain = 'h'").fetchone()
+    if row is None or oldest is None:
+        return None
+    a = max(-(-int(lo_ts or 0) // 3600) * 3600, int(row[0]), int(oldest))
+    b = int(hi_ts) // 3600 * 3600 if hi_ts is not None else _FAR
+    if b - a < 2 * 3600:  # an hour or two: the records themselves are as quick
+        return None
+    total = 0
+    for grain, x, y in _grains(a, b):
+        total += db.execute(
+            f"SELECT coalesce(sum(r.requests), 0) FROM {cuboid.table} r"
+            f" WHERE r.grain = ? AND r.bucket >= ? AND r.bucket < ?{and_where(rwhere, 'AND')}",
+            [grain, x, y, *rparams],
+        ).fetchone()[0]
+    # the records outside the whole hours: [start of range, a) and [b, end of range)
+    edges = [("r.id < ?", a)] + ([("r.id >= ?", b)] if b < _FAR else [])
+    for cond, edge in edges:
+        total += db.execute(
+            f"SELECT count(*) FROM requests r WHERE {f'{where} AND ' if where else ''}{cond}",
+            [*params, ulid_floor(edge)],
+        ).fetchone()[0]
+    return int(total)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
 from ulid import ULID
 
-from gatewatch.records import COLUMNS, Record, format_ts, new_id, parse_ts
+from gatewatch.records import COLUMNS, Record, format_ts, new_id
 from gatewatch.store import rollups
 from gatewatch.store._sqlite_alerts import AlertsMixin
 from gatewatch.store._sqlite_export import export_select
@@ -202,14 +202,6 @@ def _keyset_source(
     return f"requests r{join}{and_where(where)}", list(params), "r.id"
 
 
-_FAR = 253402300800  # 10000-01-01: no end
-
-
-def _bound(query: RequestQuery, name: str) -> float | None:
-    values = query.filters.get(name)
-    return max(parse_ts(values[0]), 0.0) if values else None
-
-
 def _newest_first(ids: list[str]) -> bool:
     return ids == sorted(ids, reverse=True)
 
@@ -339,7 +331,7 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
     ) -> Page:
         where, params = query.where(scope)
         db = self._reader()
-        count = self._rollup_count(db, scope, query, where, params)
+        count = rollups.count(db, scope, query, where, params)
         if count is None:
             count_sql, count_params = query.facet_count(scope) or (
                 f"SELECT count(*) FROM requests r{and_where(where)}",
@@ -357,100 +349,6 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         results = [_to_dict(_LIST_COLUMNS, row) for row in rows[:limit]]
         next_id = results[-1]["id"] if len(rows) > limit else None
         return Page(count, results, next_id)
-
-    def _rollup_count(
-        self,
-        db: sqlite3.Connection,
-        scope: Scope,
-        query: RequestQuery,
-        where: str,
-        params: list[object],
-    ) -> int | None:
-        """The list's ``count`` from the usage rollups for the whole hours of its range (a few
-        thousand pre-summed rows instead of every matching record), plus the records of the
-        partial hours at either end; None when the rollups cannot answer it exactly (a filter
-        they do not keep, several tags, a range before ``rollups_exact_from``)."""
-        tags = query.filters.get("tag")
-        if tags is not None and len(tags) > 1:  # a record with two of them is one record
-            return None
-        planned = rollups.plan(scope, rollups.UsageSpec(0, 3600, (0, 3600), (), query))
-        if planned is None:
-            return None
-        cuboid, (rwhere, rparams) = planned
-        lo_ts = _bound(query, "started_after")
-        hi_ts = _bound(query, "started_before")
-        row = db.execute("SELECT value FROM upkeep WHERE name = 'rollups_exact_from'").fetchone()
-        (oldest,) = db.execute("SELECT min(bucket) FROM rollup_user WHERE grain = 'h'").fetchone()
-        if row is None or oldest is None:
-            return None
-        a = max(-(-int(lo_ts or 0) // 3600) * 3600, int(row[0]), int(oldest))
-        b = int(hi_ts) // 3600 * 3600 if hi_ts is not None else _FAR
-        if b - a < 2 * 3600:  # an hour or two: the records themselves are as quick
-            return None
-        ranges = [("h", a, b)]
-        d0, d1 = -(-a // 86400) * 86400, min(b, _FAR) // 86400 * 86400
-        if d0 < d1:
-            ranges = [("h", a, d0), ("d", d0, d1), ("h", d1, b)]
-        total = 0
-        for grain, x, y in ranges:
-            if x < y:
-                total += db.execute(
-                    f"SELECT coalesce(sum(r.requests), 0) FROM {cuboid.table} r"
-                    f" WHERE r.grain = ? AND r.bucket >= ? AND r.bucket < ?"
-                    f"{and_where(rwhere, 'AND')}",
-                    [grain, x, y, *rparams],
-                ).fetchone()[0]
-        # the records outside the whole hours: [start of range, a) and [b, end of range)
-        edges: list[tuple[int | None, int | None]] = [(None, a)]
-        if b < _FAR:
-            edges.append((b, None))
-        for since, until in edges:
-            conds = [c for c in (where,) if c]
-            extra: list[object] = []
-            if since is not None:
-                conds.append("r.id >= ?")
-                extra.append(_ulid_floor(since))
-            if until is not None:
-                conds.append("r.id < ?")
-                extra.append(_ulid_floor(until))
-            total += db.execute(
-                f"SELECT count(*) FROM requests r WHERE {' AND '.join(conds)}",
-                [*params, *extra],
-            ).fetchone()[0]
-        return int(total)
-
-    def _exact_from(self, ts: int, only_forward: bool = True) -> None:
-        """Move ``rollups_exact_from`` (see ``_rollup_count``) to ``ts``."""
-        with self._transaction() as w:
-            w.execute(
-                "UPDATE upkeep SET value = "
-                + ("max(value, ?)" if only_forward else "?")
-                + " WHERE name = 'rollups_exact_from'",
-                (ts,),
-            )
-
-    def purge_batch(
-        self,
-        kind: str,
-        before: float,
-        limit: int,
-        org_id: str | None = None,
-        exclude: Sequence[str] = (),
-        after: str | None = None,
-    ) -> tuple[int, str | None]:
-        # Before any record goes: from then on a count reads the records themselves for every
-        # hour the purge may touch (the rollups keep counting what it removes).
-        if kind == "records":
-            self._exact_from(-(-int(before) // 3600) * 3600)
-        return super().purge_batch(kind, before, limit, org_id, exclude, after)
-
-    def rebuild_rollups(self, progress: Callable[[int, int], None] | None = None) -> int:
-        first = self._reader().execute("SELECT min(started_at) FROM requests").fetchone()[0]
-        read = super().rebuild_rollups(progress)
-        if first is not None:  # the days after the oldest record's are rebuilt from records
-            day = int(parse_ts(first)) // 86400 * 86400 + 86400
-            self._exact_from(day, only_forward=False)
-        return read
 
     def get_request(self, scope: Scope, request_id: str) -> dict[str, Any] | None:
         where, params = scope.clause()
