@@ -19,14 +19,9 @@ from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.metrics import Metrics
 from gatewatch.metrics_endpoint import MetricsEndpoint
 from gatewatch.pricing import PriceBook, warm_price_table
-from gatewatch.proxy.handler import (
-    ASGIScope,
-    Message,
-    ProxyHandler,
-    Receive,
-    Send,
-    match_proxy_path,
-)
+from gatewatch.proxy.disconnect import Message, Receive, Send
+from gatewatch.proxy.handler import ASGIScope, ProxyHandler
+from gatewatch.proxy.routing import match_proxy_path
 from gatewatch.retention import Retention
 from gatewatch.settings import Settings
 from gatewatch.store import RecordWriter, Scope, Store, open_store

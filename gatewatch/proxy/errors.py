@@ -7,7 +7,14 @@ from typing import Literal
 
 import orjson
 
-__all__ = ["Family", "GatewayError", "error_body", "non_json_error", "sse_error_event"]
+__all__ = [
+    "Family",
+    "GatewayError",
+    "error_body",
+    "non_json_error",
+    "sse_error_event",
+    "upstream_error_message",
+]
 
 Family = Literal["openai", "anthropic"]
 
@@ -99,3 +106,17 @@ def non_json_error(
         what = "a non-JSON body: " + b" ".join(text.split()).decode("utf-8", "replace")[:_SNIPPET]
     code = "rate_limited" if status == 429 else "upstream_error"
     return GatewayError(status, f"{provider} answered {status} with {what}", code, headers)
+
+
+def upstream_error_message(data: bytes) -> tuple[str | None, str | None]:
+    """(error type, message) of a provider's error body, as far as it says."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None, data[:500].decode("utf-8", "replace") or None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return err.get("type") or err.get("code"), err.get("message")
+    if isinstance(err, str):
+        return None, err
+    return None, None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import aiohttp
@@ -20,14 +20,16 @@ from gatewatch.controls import Controls, Ticket
 from gatewatch.controls.breaker import CircuitBreakers
 from gatewatch.metrics import Metrics
 from gatewatch.pricing import PriceBook, Usage
+from gatewatch.proxy.disconnect import ClientGone, DisconnectWatch, Receive, Send
 from gatewatch.proxy.errors import (
     Family,
     GatewayError,
     error_body,
     non_json_error,
     sse_error_event,
+    upstream_error_message,
 )
-from gatewatch.proxy.routing import ENDPOINTS, Endpoint, Router, Target, upstream_url
+from gatewatch.proxy.routing import Endpoint, Router, Target, upstream_url
 from gatewatch.proxy.sse import MAX_EVENT_BYTES, EventTooLarge, SSEParser
 from gatewatch.proxy.usage import last_user_prompt, read_blocking, stream_reader
 from gatewatch.records import Attempt, Record, new_id
@@ -36,14 +38,11 @@ from gatewatch.store.base import Identity
 from gatewatch.store.writer import RecordWriter
 from gatewatch.tracing import Tracing
 
-__all__ = ["ProxyHandler", "match_proxy_path"]
+__all__ = ["ProxyHandler"]
 
 log = logging.getLogger("gatewatch.proxy")
 
 ASGIScope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
 _FORWARD_HEADERS = (b"anthropic-version", b"anthropic-beta", b"openai-beta")
@@ -51,64 +50,6 @@ _RELAY_HEADERS = {b"retry-after", b"x-request-id", b"request-id", b"openai-proce
 # A header value may not hold control bytes (the server refuses the whole response): in a model
 # name, the client's or the provider's text, they become "?".
 _HEADER_SAFE = bytes(b if b == 9 or (b >= 0x20 and b != 0x7F) else 0x3F for b in range(256))
-
-
-class _ClientGone(Exception):
-    pass
-
-
-class _Disconnect:
-    """Notices the client leaving while the gateway waits on the provider, and cancels the
-    request's task so it stops waiting (the record then says ``client_closed``, not a timeout).
-
-    Stopped just before the response's last body message: uvicorn answers a pending
-    ``receive()`` with ``http.disconnect`` once a response is complete."""
-
-    __slots__ = ("_task", "_watcher", "active", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self.active = True
-        self._task = asyncio.current_task()
-        self._watcher: asyncio.Future[Message] = asyncio.ensure_future(receive())
-        self._watcher.add_done_callback(self._on_message)
-
-    def _on_message(self, fut: asyncio.Future[Message]) -> None:
-        if not self.active or fut.cancelled() or fut.exception() is not None:
-            return
-        if fut.result().get("type") == "http.disconnect":
-            self.gone = True
-            if self._task is not None:
-                self._task.cancel()
-
-    def stop(self) -> None:
-        if self.active:
-            self.active = False
-            self._watcher.remove_done_callback(self._on_message)
-            if not self._watcher.done():
-                self._watcher.cancel()
-
-    def absorb(self) -> bool:
-        """In an ``except CancelledError``: True when the cancel was ours (client gone)."""
-        if self.gone and self._task is not None:
-            self._task.uncancel()
-            return True
-        return False
-
-    def guard(self, send: Send, ticket: Ticket | None) -> Send:
-        """``send`` that stops the watch before the last body message and adds the ticket's
-        rate-limit and budget headers to the response start."""
-
-        async def guarded(message: Message) -> None:
-            kind = message["type"]
-            if kind == "http.response.body":
-                if not message.get("more_body"):
-                    self.stop()
-            elif ticket is not None and kind == "http.response.start":
-                message["headers"] = [*message["headers"], *ticket.headers()]
-            await send(message)
-
-        return guarded
 
 
 # What an answer relayed to the client says about its target, for the circuit breaker: "ok" it
@@ -140,20 +81,6 @@ def _timed_out(target: Target, stream: bool, exc: BaseException) -> _UpstreamFai
     return _UpstreamFailed("timeout", f"{p.name} timed out ({what})")
 
 
-def match_proxy_path(path: str) -> tuple[Endpoint, str | None] | None:
-    """``/v1/…`` or ``/{provider}/v1/…`` → (endpoint, provider name or None). The name is all
-    before ``/v1/``, so a path with an encoded ``/`` in it still gets the family's 404."""
-    endpoint = ENDPOINTS.get(path)
-    if endpoint is not None:
-        return endpoint, None
-    cut = path.find("/v1/", 1)
-    if cut > 0:
-        endpoint = ENDPOINTS.get(path[cut:])
-        if endpoint is not None:
-            return endpoint, path[1:cut]
-    return None
-
-
 def _encodes(value: Any) -> bool:
     try:
         orjson.dumps(value)
@@ -164,19 +91,6 @@ def _encodes(value: Any) -> bool:
 
 def _status_of(code: int) -> str:
     return "ok" if code < 400 else "error"
-
-
-def _upstream_error_message(data: bytes) -> tuple[str | None, str | None]:
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None, data[:500].decode("utf-8", "replace") or None
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict):
-        return err.get("type") or err.get("code"), err.get("message")
-    if isinstance(err, str):
-        return None, err
-    return None, None
 
 
 class ProxyHandler:
@@ -239,7 +153,7 @@ class ProxyHandler:
             self.tracing.begin(rec, headers)
         self.metrics.inflight.inc()
         upstream_time = [0.0]
-        watch: _Disconnect | None = None
+        watch: DisconnectWatch | None = None
         ticket: Ticket | None = None
         reply = send  # once the provider is being waited on: stops the watch before the end
         try:
@@ -277,14 +191,14 @@ class ProxyHandler:
                 ident, model, payload, len(body),
                 lambda: self.prices.rates(first.provider, first.model),
             )  # fmt: skip
-            watch = _Disconnect(receive)
+            watch = DisconnectWatch(receive)
             reply = watch.guard(send, ticket)
             await self._forward(
                 rec, endpoint, targets, payload, body, headers, watch, reply, upstream_time
             )
         except GatewayError as err:
             await self._send_error(reply, rec, family, err)
-        except _ClientGone:
+        except ClientGone:
             self._client_gone(rec)
         except asyncio.CancelledError:
             if watch is None or not watch.absorb():
@@ -346,7 +260,7 @@ class ProxyHandler:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                raise _ClientGone()
+                raise ClientGone()
             part = msg.get("body", b"")
             size += len(part)
             if size > self.max_body:
@@ -439,7 +353,7 @@ class ProxyHandler:
         payload: dict[str, Any],
         body: bytes,
         headers: dict[bytes, bytes],
-        watch: _Disconnect,
+        watch: DisconnectWatch,
         send: Send,
         upstream_time: list[float],
     ) -> None:
@@ -501,7 +415,7 @@ class ProxyHandler:
             if unreadable is not None:
                 raise unreadable
             rec.status_code, rec.status = status, "error"
-            rec.error_type, rec.error_message = _upstream_error_message(content)
+            rec.error_type, rec.error_message = upstream_error_message(content)
             rec.error_type = rec.error_type or (
                 "rate_limited" if status == 429 else "upstream_error"
             )
@@ -520,7 +434,7 @@ class ProxyHandler:
         payload: dict[str, Any],
         body: bytes,
         headers: dict[bytes, bytes],
-        watch: _Disconnect,
+        watch: DisconnectWatch,
         send: Send,
         upstream_time: list[float],
     ) -> _UpstreamFailed | tuple[int, bytes, list[tuple[bytes, bytes]]] | _Relayed:
@@ -660,7 +574,7 @@ class ProxyHandler:
             )
             if unreadable is not None:
                 raise unreadable
-            rec.error_type, rec.error_message = _upstream_error_message(content)
+            rec.error_type, rec.error_message = upstream_error_message(content)
             rec.error_type = rec.error_type or "upstream_error"
         else:
             try:
@@ -699,7 +613,7 @@ class ProxyHandler:
         target: Target,
         resp: aiohttp.ClientResponse,
         strip_usage: bool,
-        watch: _Disconnect,
+        watch: DisconnectWatch,
         send: Send,
         a0: float,
         attempt: Attempt,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from gatewatch.proxy.errors import Family, GatewayError
 from gatewatch.settings import ProviderSettings, Settings
 
-__all__ = ["ENDPOINTS", "Endpoint", "Router", "Target", "upstream_url"]
+__all__ = ["ENDPOINTS", "Endpoint", "Router", "Target", "match_proxy_path", "upstream_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +107,17 @@ def upstream_url(provider: ProviderSettings, path: str) -> str:
     if provider.type == "anthropic":
         return provider.url + path
     return provider.url + path[3:]
+
+
+def match_proxy_path(path: str) -> tuple[Endpoint, str | None] | None:
+    """``/v1/…`` or ``/{provider}/v1/…`` → (endpoint, provider name or None). The name is all
+    before ``/v1/``, so a path with an encoded ``/`` in it still gets the family's 404."""
+    endpoint = ENDPOINTS.get(path)
+    if endpoint is not None:
+        return endpoint, None
+    cut = path.find("/v1/", 1)
+    if cut > 0:
+        endpoint = ENDPOINTS.get(path[cut:])
+        if endpoint is not None:
+            return endpoint, path[1:cut]
+    return None
