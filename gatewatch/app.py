@@ -38,7 +38,7 @@ class Gateway:
         self, settings: Settings, store: Store | None = None, metrics_dir: str | None = None
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.database)
+        self.store = store or open_store(settings.database, settings.database_pool_size)
         m = settings.metrics
         self.metrics = Metrics(org=m.org, per_user=m.per_user, per_key=m.per_key)
         self.keys = KeyCache(self.store)

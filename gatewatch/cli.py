@@ -120,7 +120,7 @@ def _run_server(settings: Any, host: str, port: int, workers: int, config: str |
 
     from gatewatch.store import open_store
 
-    store = open_store(settings.database)
+    store = open_store(settings.database, settings.database_pool_size)
     store.migrate()
     store.close()
     common: dict[str, Any] = dict(
@@ -481,7 +481,7 @@ def rollups_rebuild(
     except ConfigError as exc:
         _fail(f"invalid configuration: {exc}", 2)
     try:
-        store = open_store(settings.database)
+        store = open_store(settings.database, settings.database_pool_size)
     except ValueError as exc:
         _fail(str(exc), 2)
     err = Console(stderr=True)

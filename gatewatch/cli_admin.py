@@ -38,7 +38,7 @@ def retention_run(
     from gatewatch.store import open_store
 
     settings = _settings(config)
-    store = open_store(settings.database)
+    store = open_store(settings.database, settings.database_pool_size)
     store.migrate()
     counts = Retention(store, settings.retention).run_once(dry_run=dry_run)
     table = Table("what", "would go" if dry_run else "removed")

@@ -466,7 +466,13 @@ class Settings(_Section):
         default=None,
         description="Signs dashboard session cookies (default: derived from admin_key)",
     )
-    database: str = Field(default="sqlite:///gatewatch.db", description="sqlite:///path")
+    database: str = Field(
+        default="sqlite:///gatewatch.db",
+        description="sqlite:///path, or postgresql://user@host/db[?schema=name] for teams",
+    )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=500, description="PostgreSQL: most connections a process reads on"
+    )
     redis: str | None = Field(default=None, description="Shared counters (several workers/nodes)")
     analytics: str | None = Field(default=None, description="clickhouse://… for records at scale")
     content: Literal["full", "metadata_only"] = "full"
@@ -534,8 +540,13 @@ class Settings(_Section):
     @field_validator("database")
     @classmethod
     def _known_engine(cls, v: str) -> str:
+        if v.startswith(("postgresql://", "postgres://")):
+            from gatewatch.store.postgres import split_url
+
+            split_url(v)  # a bad ?schema= is a config error
+            return v
         if not v.startswith("sqlite:///"):
-            raise ValueError("only sqlite:///path is supported by this build")
+            raise ValueError("must be sqlite:///path or postgresql://user@host/db")
         return v
 
     def provider(self, name: str) -> ProviderSettings | None:

@@ -26,6 +26,46 @@ UPSTREAM_OPENAI_KEY = "sk-upstream-openai-secret-123456"
 UPSTREAM_ANTHROPIC_KEY = "sk-ant-upstream-secret-123456"
 
 
+# PostgreSQL for the engine tests: each test gets its own schema, dropped when the run ends.
+# GATEWATCH_TEST_DATABASE=postgresql runs the gateway tests themselves on it too.
+PG_URL = os.environ.get("GATEWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+_PG_SCHEMAS: list[str] = []
+
+
+def service_missing(reason: str) -> None:
+    """A service a test needs is not there: skip, or fail in CI (where it must be)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def postgres_url() -> str:
+    """The URL of a fresh, empty schema in the test PostgreSQL."""
+    import uuid
+
+    import psycopg
+
+    name = f"gwt_{uuid.uuid4().hex[:16]}"
+    try:
+        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+    except psycopg.OperationalError as exc:
+        service_missing(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
+    _PG_SCHEMAS.append(name)
+    return f"{PG_URL}?schema={name}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    yield
+    if _PG_SCHEMAS:
+        import psycopg
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            for name in _PG_SCHEMAS:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,9 +185,13 @@ def upstream() -> Iterator[Upstream]:
 
 
 def gateway_settings(tmp_path: Path, upstream_url: str, **overrides: Any) -> Settings:
+    database = f"sqlite:///{tmp_path / 'gatewatch.db'}"
+    if os.environ.get("GATEWATCH_TEST_DATABASE") == "postgresql":
+        database = postgres_url()
     base: dict[str, Any] = {
         "admin_key": ADMIN_KEY,
-        "database": f"sqlite:///{tmp_path / 'gatewatch.db'}",
+        "database": database,
+        "spool": {"path": str(tmp_path / "spool")},
         "providers": [
             {"name": "openai", "type": "openai", "base_url": f"{upstream_url}/v1",
              "api_key": UPSTREAM_OPENAI_KEY, "timeout": 2},

@@ -13,27 +13,47 @@ from typing import Any
 
 import orjson
 import pytest
+from conftest import postgres_url
 
 from gatewatch.records import COLUMNS, Attempt, Record, ToolCall, format_ts, new_id
 from gatewatch.store import FilterError, RecordWriter, Scope, SQLiteStore, Store, parse_filters
 from gatewatch.store import migrations as migrations_module
+from gatewatch.store.postgres import PostgresStore
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgresql"]
 
 
-def _open(engine: str, tmp_path: Path) -> Store:
+def _open(engine: str, tmp_path: Path, url: str | None) -> Store:
     if engine == "sqlite":
         return SQLiteStore(str(tmp_path / "x.db"))
+    if engine == "postgresql":
+        return PostgresStore(url or postgres_url())
     raise AssertionError(engine)
+
+
+def raw_sql(store: Store, sql: str, params: Sequence[object] = ()) -> None:
+    """Run a statement on the store's database behind its back (SQLite or PostgreSQL)."""
+    if isinstance(store, PostgresStore):
+        import psycopg
+
+        with psycopg.connect(store.conninfo, autocommit=True,
+                             options=f"-c search_path={store.schema}") as conn:  # fmt: skip
+            conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        return
+    db = sqlite3.connect(store.path)  # type: ignore[attr-defined]
+    db.execute(sql, params)
+    db.commit()
+    db.close()
 
 
 @pytest.fixture(params=ENGINES)
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
-    """A blank, unmigrated database of the engine."""
+    """A blank, unmigrated database of the engine (each call: the same database)."""
     opened: list[Store] = []
+    url = postgres_url() if request.param == "postgresql" else None
 
     def make() -> Store:
-        s = _open(request.param, tmp_path)
+        s = _open(request.param, tmp_path, url)
         opened.append(s)
         return s
 
@@ -541,15 +561,11 @@ def test_list_count_read_from_the_rollups_agrees_with_the_records(store: Store) 
 
     check()
     # it is the rollups that answer: a rollup row changed behind the store's back shows
-    db = sqlite3.connect(store.path)  # type: ignore[attr-defined]
     hour = int(BASE) // 3600 * 3600 + 5 * 3600
     one_row = "WHERE grain = 'h' AND bucket = ? AND user_id = ?"
-    db.execute(f"UPDATE rollup_user SET requests = requests + 1000 {one_row}", (hour, alice))
-    db.commit()
+    raw_sql(store, f"UPDATE rollup_user SET requests = requests + 1000 {one_row}", (hour, alice))
     assert store.list_requests(OWNER, parse_filters([]), 1, None).count == 1200 + 1000
-    db.execute(f"UPDATE rollup_user SET requests = requests - 1000 {one_row}", (hour, alice))
-    db.commit()
-    db.close()
+    raw_sql(store, f"UPDATE rollup_user SET requests = requests - 1000 {one_row}", (hour, alice))
     # a purge of the first 8 hours: the rollups keep them, the counts must not
     removed = 0
     after = None

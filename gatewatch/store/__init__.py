@@ -21,7 +21,12 @@ __all__ = [
 ]
 
 
-def open_store(database: str) -> Store:
+def open_store(database: str, pool_size: int = 10) -> Store:
+    """The store a ``database`` URL names: ``sqlite:///path`` or ``postgresql://…``."""
     if database.startswith("sqlite:///"):
         return SQLiteStore(database.removeprefix("sqlite:///"))
+    if database.startswith(("postgresql://", "postgres://")):
+        from gatewatch.store.postgres import PostgresStore  # psycopg loads only when used
+
+        return PostgresStore(database, pool_size)
     raise ValueError(f"unsupported database URL: {database}")

@@ -49,7 +49,7 @@ def _events_scope(scope: Scope) -> tuple[str, list[object]]:
         return "1=1", []
     if scope.role == "admin":
         return "e.org_id = ?", [scope.org_id]
-    return "0", []
+    return "1=0", []
 
 
 class AlertsMixin:

@@ -59,7 +59,7 @@ class UpkeepMixin:
             for row in db.execute(
                 "SELECT started_at FROM requests WHERE id = ? UNION ALL"
                 " SELECT started_at FROM (SELECT started_at FROM requests ORDER BY id DESC"
-                " LIMIT 1)",
+                " LIMIT 1) AS last",
                 (first_id,),
             ).fetchall()
         )
@@ -158,7 +158,7 @@ class UpkeepMixin:
         with self._transaction() as db:
             n, hi = db.execute(
                 f"SELECT count(*), max(id) FROM (SELECT {col} AS id FROM {source}"
-                f" WHERE {col} > ? AND {col} < ?{cond} ORDER BY {col} LIMIT ?)",
+                f" WHERE {col} > ? AND {col} < ?{cond} ORDER BY {col} LIMIT ?) AS b",
                 [lo, _ulid_floor(before), *params, limit],
             ).fetchone()
             if not n:

@@ -225,8 +225,9 @@ MIGRATIONS: list[tuple[str, Migration]] = [
 ]
 
 
-def apply_migrations(db: sqlite3.Connection) -> list[str]:
-    """Apply every migration not yet recorded; returns the names applied now."""
+def apply_migrations(db: sqlite3.Connection, *, explicit: bool = False) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied now. ``explicit``:
+    each migration in its own ``BEGIN``/``COMMIT`` (a server database's DDL is transactional)."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
     )
@@ -235,10 +236,15 @@ def apply_migrations(db: sqlite3.Connection) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in done:
             continue
+        if explicit:
+            db.execute("BEGIN")
         fn(db)
         db.execute(
             "INSERT INTO _migrations VALUES (?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))", (name,)
         )
-        db.commit()
+        if explicit:
+            db.execute("COMMIT")
+        else:
+            db.commit()
         applied.append(name)
     return applied

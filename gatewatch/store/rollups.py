@@ -372,11 +372,11 @@ def aggregate(batch: Sequence[Facts]) -> dict[str, _Acc]:
 def upsert_sql(table: str) -> str:
     c = _BY_TABLE[table]
     cols = ("grain", "bucket", *c.columns, *SCALARS, "hist")
-    updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in SCALARS)
+    updates = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in SCALARS)
     return (
         f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         f" ON CONFLICT ({', '.join(('grain', 'bucket', *c.columns))}) DO UPDATE SET {updates},"
-        " hist = gw_hist_add(hist, excluded.hist)"
+        f" hist = gw_hist_add({table}.hist, excluded.hist)"
     )
 
 
@@ -400,14 +400,14 @@ def raw_sums(histograms: bool = True) -> str:
     return ", ".join(
         [
             "count(*)",
-            "sum(r.status = 'error')",
+            "sum(CASE WHEN r.status = 'error' THEN 1 ELSE 0 END)",
             "sum(coalesce(r.input_tokens, 0))",
             "sum(coalesce(r.output_tokens, 0))",
             "sum(coalesce(r.cache_read_tokens, 0))",
             "sum(coalesce(r.cache_write_tokens, 0))",
             "sum(coalesce(r.reasoning_tokens, 0))",
             "sum(CAST(round(coalesce(r.cost_usd, 0) * 1e9) AS INTEGER))",
-            "sum(r.cost_usd IS NULL)",
+            "sum(CASE WHEN r.cost_usd IS NULL THEN 1 ELSE 0 END)",
             "sum(CAST(round(r.duration_ms) AS INTEGER))",
             "gw_hist_raw(r.duration_ms, r.ttft_ms)" if histograms else "NULL",
         ]
@@ -516,8 +516,11 @@ def _merge(out: dict[tuple[int, tuple[str, ...]], list[Any]], rows: Sequence[Seq
             have = out[key] = [0] * NS + [[]]
         for i, v in enumerate(row[1 + ngroups : 1 + ngroups + NS]):
             have[i] += int(v or 0)
-        if row[-1]:
-            have[NS].append(row[-1])
+        hist = row[-1]
+        if isinstance(hist, list):  # PostgreSQL: the group's histograms, to be summed here
+            have[NS].extend(h for h in hist if h)
+        elif hist:
+            have[NS].append(hist)
 
 
 def sum_hist(blobs: list[bytes]) -> list[int]:
@@ -629,7 +632,7 @@ def facet_values(
         for g, a, b in ranges
     )
     rows = db.execute(
-        f"SELECT v, sum(n) FROM ({union}) WHERE v != '' GROUP BY v ORDER BY 2 DESC, 1 LIMIT ?",
+        f"SELECT v, sum(n) FROM ({union}) AS u WHERE v != '' GROUP BY v ORDER BY 2 DESC, 1 LIMIT ?",
         [*(params * len(ranges)), limit],
     ).fetchall()
     return [(str(v), int(n)) for v, n in rows]

@@ -568,7 +568,7 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
                 " CASE a.scope WHEN 'key' THEN a.scope_id END,"
                 " CASE a.scope WHEN 'user' THEN a.scope_id END, a.org_id, NULL, a.reason"
                 f" FROM billing_adjustments a WHERE {adj_where}"
-                ") ORDER BY id DESC LIMIT ?",
+                ") AS t ORDER BY id DESC LIMIT ?",
                 [*params, *adj_params, limit + 1],
             )
             .fetchall()
@@ -710,7 +710,7 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         alias = _ALIAS[kind]
         db = self._reader()
         count = db.execute(
-            f"SELECT count(*) FROM ({_ENTITY_SELECT[kind]} WHERE {where})", params
+            f"SELECT count(*) FROM ({_ENTITY_SELECT[kind]} WHERE {where}) AS e", params
         ).fetchone()[0]
         if after_id:
             where += f" AND {alias}.id < ?"
