@@ -30,6 +30,9 @@ UPSTREAM_ANTHROPIC_KEY = "sk-ant-upstream-secret-123456"
 # GATEWATCH_TEST_DATABASE=postgresql runs the gateway tests themselves on it too.
 PG_URL = os.environ.get("GATEWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 _PG_SCHEMAS: list[str] = []
+_PG_BY_DIR: dict[
+    Path, str
+] = {}  # a test's gateways (restarts too) share one database, as on SQLite
 
 
 def service_missing(reason: str) -> None:
@@ -187,7 +190,8 @@ def upstream() -> Iterator[Upstream]:
 def gateway_settings(tmp_path: Path, upstream_url: str, **overrides: Any) -> Settings:
     database = f"sqlite:///{tmp_path / 'gatewatch.db'}"
     if os.environ.get("GATEWATCH_TEST_DATABASE") == "postgresql":
-        database = postgres_url()
+        database = _PG_BY_DIR.setdefault(tmp_path, "") or postgres_url()
+        _PG_BY_DIR[tmp_path] = database
     base: dict[str, Any] = {
         "admin_key": ADMIN_KEY,
         "database": database,

@@ -322,6 +322,27 @@ def test_client_giving_up_before_the_answer_is_client_closed(start_gateway, upst
 # ---- secrets (§P3, §T2) -----------------------------------------------------------------------
 
 
+def _everything_stored(database: str) -> bytes:
+    """Every byte the database holds: the SQLite files, or every row of every table."""
+    if database.startswith("sqlite:///"):
+        db = Path(database.removeprefix("sqlite:///"))
+        return b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    import psycopg
+
+    from gatewatch.store.postgres import split_url
+
+    conninfo, schema = split_url(database)
+    with psycopg.connect(conninfo, options=f"-c search_path={schema}") as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+        return b"".join(
+            str(row[0]).encode()
+            for (table,) in tables
+            for row in conn.execute(f"SELECT t::text FROM {table} t")
+        )
+
+
 def test_provider_keys_and_gateway_keys_never_leak(gateway, upstream, caplog):
     caplog.set_level(logging.DEBUG)
     user_key = gateway.create_key(user="erin", name="erin")["key"]
@@ -362,8 +383,7 @@ def test_provider_keys_and_gateway_keys_never_leak(gateway, upstream, caplog):
 
     # nor in anything stored
     gateway.wait_records()
-    db = Path(gateway.gateway.settings.database.removeprefix("sqlite:///"))
-    stored = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    stored = _everything_stored(gateway.gateway.settings.database)
     assert b"hello there gateway" in stored  # (the search does look at the records)
     for secret in [*secrets, gateway.admin_key, user_key]:
         assert secret.encode() not in stored, "a secret was written to the database"

@@ -348,14 +348,14 @@ def test_rebuild_gives_back_the_same_rollups(seeded: Seeded) -> None:
     db = store._reader()  # type: ignore[attr-defined]
 
     def snapshot() -> dict[str, list[Any]]:
-        return {c.table: db.execute(f"SELECT * FROM {c.table} ORDER BY 1, 2, 3, 4, 5").fetchall()
+        return {c.table: sorted(db.execute(f"SELECT * FROM {c.table}").fetchall())
                 for c in CUBOIDS}  # fmt: skip
 
     before = snapshot()
     assert sum(len(v) for v in before.values()) > 0
     store_ = seeded.gw.gateway.store
-    db_w = store_._writer  # type: ignore[attr-defined]
-    db_w.execute("UPDATE rollup_model SET requests = requests + 5")  # damage them
+    with store_._transaction() as db_w:  # type: ignore[attr-defined]
+        db_w.execute("UPDATE rollup_model SET requests = requests + 5")  # damage them
     assert snapshot() != before
     done = store_.rebuild_rollups()
     assert done == len(seeded.records)

@@ -90,8 +90,8 @@ CREATE OR REPLACE FUNCTION unixepoch(t text) RETURNS bigint LANGUAGE sql IMMUTAB
 CREATE OR REPLACE FUNCTION gw_round(x double precision) RETURNS numeric LANGUAGE sql IMMUTABLE AS
   $$ SELECT round(x::numeric) $$;
 CREATE OR REPLACE FUNCTION gw_u32(h bytea, at int) RETURNS bigint LANGUAGE sql IMMUTABLE AS
-  $$ SELECT get_byte(h, at)::bigint | get_byte(h, at + 1)::bigint << 8
-            | get_byte(h, at + 2)::bigint << 16 | get_byte(h, at + 3)::bigint << 24 $$;
+  $$ SELECT get_byte(h, at)::bigint | (get_byte(h, at + 1)::bigint << 8)
+            | (get_byte(h, at + 2)::bigint << 16) | (get_byte(h, at + 3)::bigint << 24) $$;
 CREATE OR REPLACE FUNCTION gw_hist_dense(s bigint[], h bytea) RETURNS bigint[]
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE m int; b int;
@@ -111,7 +111,7 @@ BEGIN
 END $$;
 CREATE OR REPLACE FUNCTION gw_u32le(c bigint) RETURNS bytea LANGUAGE sql IMMUTABLE AS
   $$ SELECT set_byte(set_byte(set_byte(set_byte('\\x00000000'::bytea, 0, (c & 255)::int),
-            1, (c >> 8 & 255)::int), 2, (c >> 16 & 255)::int), 3, (c >> 24 & 255)::int) $$;
+            1, ((c >> 8) & 255)::int), 2, ((c >> 16) & 255)::int), 3, ((c >> 24) & 255)::int) $$;
 CREATE OR REPLACE FUNCTION gw_hist_encode(s bigint[]) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE bins bytea := ''; counts bytea := ''; nz int := 0;

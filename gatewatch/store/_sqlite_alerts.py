@@ -55,6 +55,9 @@ def _events_scope(scope: Scope) -> tuple[str, list[object]]:
 class AlertsMixin:
     """Alert storage for ``SQLiteStore`` (which supplies the connections)."""
 
+    # what the engine raises for a row that breaks a unique constraint
+    _CONFLICT: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+
     def _reader(self) -> sqlite3.Connection:
         raise NotImplementedError
 
@@ -96,7 +99,7 @@ class AlertsMixin:
         with self._transaction() as db:
             try:
                 db.execute("INSERT INTO alert_rules VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-            except sqlite3.IntegrityError:
+            except self._CONFLICT:
                 raise StoreError(f"an alert rule named {spec['name']!r} exists") from None
         rule = dict(zip(_RULE_COLUMNS, row, strict=True))
         rule["spec"] = spec

@@ -35,7 +35,7 @@ from gatewatch.store.base import StoreUnavailable
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope
 from gatewatch.store.rollups import ulid_floor
-from gatewatch.store.sqlite import _BODIES, SQLiteStore, _keyset_source
+from gatewatch.store.sqlite import _BODIES, _EXPORT_PAGE_BYTES, SQLiteStore, _keyset_source
 
 __all__ = ["PostgresStore"]
 
@@ -90,6 +90,8 @@ def _sqlite_real(x: float) -> str:
 
 class PostgresStore(SQLiteStore):
     """``database: postgresql://user@host/db[?schema=name]``."""
+
+    _CONFLICT = (psycopg.IntegrityError,)
 
     def __init__(self, url: str, pool_size: int = 10) -> None:  # no SQLite file: no super()
         self.conninfo, self.schema = split_url(url)
@@ -266,12 +268,13 @@ class PostgresStore(SQLiteStore):
         source, params, order = _keyset_source(scope, query, join)
         paged = f"{source} {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
         line = _csv_line if fmt == "csv" else _json_line
-        after: str | None = None
+        # a small first page, then pages sized to about _EXPORT_PAGE_BYTES, as on SQLite
+        size, after = min(page_size, 20 if join else 500), None
         while True:
             rows = self._reads.execute(
                 f"SELECT {order}, {picks} FROM {paged if after else source}"
                 f" ORDER BY {order} DESC LIMIT ?",
-                [*params, *([after] if after else []), page_size],
+                [*params, *([after] if after else []), size],
             ).fetchall()
             if not rows:
                 return
@@ -282,10 +285,12 @@ class PostgresStore(SQLiteStore):
                     values["cost"] = None if row[1] is None else round(row[1] * usd_rate, 10)
                 values["currency"] = currency
                 out.append(line(columns, values))
-            yield "".join(out).encode()
-            if len(rows) < page_size:
+            chunk = "".join(out).encode()
+            yield chunk
+            if len(rows) < size:
                 return
             after = rows[-1][0]
+            size = max(1, min(page_size, len(rows) * _EXPORT_PAGE_BYTES // len(chunk)))
 
     # ---- retention (§T1) ---------------------------------------------------------------------
 
