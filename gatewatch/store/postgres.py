@@ -16,6 +16,7 @@ database does better or needs:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,22 @@ def _clean(json_text: bytes) -> str:
     if b"\\u0000" in json_text:
         json_text = _NUL.sub(rb"\1\\ufffd", json_text)
     return json_text.decode()
+
+
+def _no_nul(s: str) -> str:
+    return s.replace("\x00", "\ufffd")
+
+
+def _clean_facts(facts: rollups.Facts) -> rollups.Facts:
+    """A record's rollup facts with U+0000 in its strings (user-sent headers, tags) replaced,
+    as ``_clean`` does for the stored record."""
+    key, scalars, lb, tb, end_user, tags = facts
+    if "\x00" not in end_user and not any(
+        isinstance(v, str) and "\x00" in v for v in (*key, *tags)
+    ):
+        return facts
+    key = tuple(_no_nul(v) if isinstance(v, str) else v for v in key)
+    return key, scalars, lb, tb, _no_nul(end_user), tuple(_no_nul(t) for t in tags)
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -96,7 +113,11 @@ class PostgresStore(SQLiteStore):
     def __init__(self, url: str, pool_size: int = 10) -> None:  # no SQLite file: no super()
         self.conninfo, self.schema = split_url(url)
         options = {"options": f"-c search_path={self.schema}"} if self.schema else {}
-        self._connect_kwargs: dict[str, Any] = {"autocommit": True, **options}
+        self._connect_kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": f"gatewatch:{self.schema or 'public'}",  # for the DBA
+            **options,
+        }
         self._write_lock = threading.Lock()
         self._writer_conn: Conn | None = None
         self._months: set[tuple[int, int]] = set()
@@ -109,6 +130,7 @@ class PostgresStore(SQLiteStore):
             min_size=1,
             max_size=max(1, pool_size),
             kwargs=self._connect_kwargs,
+            check=ConnectionPool.check_connection,  # a connection the server ended is replaced
             open=True,
             name="gatewatch-reads",
         )
@@ -225,17 +247,15 @@ class PostgresStore(SQLiteStore):
         bodies = [p[2] for p in prepared if p[2] is not None]
         times = []
         for rid in (min(ids), max(ids)):
-            try:
+            with contextlib.suppress(ValueError):  # not a ULID: the default partition holds it
                 times.append(ULID.from_str(rid).timestamp)
-            except ValueError:
-                pass  # not a ULID: stored in the default partition
         with self._transaction() as db:
             if times:
                 self._ensure_partitions(db, min(times), max(times))
             stored = {
                 row[0] for row in db.execute("SELECT id FROM requests WHERE id = ANY(?)", (ids,))
             }
-            fresh = [p[3] for p in prepared if p[4] not in stored]
+            fresh = [_clean_facts(p[3]) for p in prepared if p[4] not in stored]
             db.execute(self._batch_insert(db, "requests"), (rows,))
             rollups.write(cast(Any, db), fresh)
             if facets:
