@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test check lint typecheck browser prometheus bench clean
+.PHONY: install serve demo test test-postgres check lint typecheck browser prometheus bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ check: lint typecheck
 
 test: check browser prometheus
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-postgres
+
+# The gateway's API, usage, billing, export, alert and retention tests once more with PostgreSQL
+# as the store (the store's own conformance tests run on both engines in every run).
+PG_SUITES := tests/test_api.py tests/test_usage.py tests/test_usage_scoping.py tests/test_billing.py \
+	tests/test_export.py tests/test_alerts.py tests/test_retention.py tests/test_proxy_records.py
+test-postgres: install
+	GATEWATCH_TEST_DATABASE=postgresql $(BIN)/python -m pytest -q $(PG_SUITES)
 
 # Debian's chromium for the dashboard tests (tests/test_ui.py drive it with Playwright; about a
 # minute to install). Outside CI a failed install only warns, and those tests skip.

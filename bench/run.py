@@ -88,11 +88,12 @@ def start_upstream(
     return proc
 
 
-def write_config(tmp: Path, upstream_port: int, redis: str | None = None) -> Path:
+def write_config(tmp: Path, upstream_port: int, redis: str | None, database: str) -> Path:
     cfg = tmp / "gatewatch.yaml"
     cfg.write_text(
         f"admin_key: {ADMIN_KEY}\n"
-        f"database: sqlite:///{tmp / 'bench.db'}\n"
+        f"database: {database}\n"
+        f"spool: {{path: {tmp / 'spool'}}}\n"
         "content: full\n" + (f"redis: {redis}\n" if redis else "") + "providers:\n"
         f'  - {{name: openai, type: openai, base_url: "http://{HOST}:{upstream_port}/v1",'
         " api_key: sk-bench}\n"
@@ -196,7 +197,42 @@ def metric_value(text: str, name: str) -> float | None:
     return total
 
 
-def count_rows(db: Path) -> int | None:
+def fresh_postgres_schema(url: str) -> str:
+    """A new schema in the PostgreSQL at ``url`` for one run; its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"gwbench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    return f"{url}{'&' if '?' in url else '?'}schema={name}"
+
+
+def drop_postgres_schema(url: str) -> None:
+    import psycopg
+
+    from gatewatch.store.postgres import split_url
+
+    conninfo, schema = split_url(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def count_rows(db: Path | str) -> int | None:
+    if isinstance(db, str):  # a PostgreSQL URL
+        import psycopg
+
+        from gatewatch.store.postgres import split_url
+
+        conninfo, schema = split_url(db)
+        try:
+            with psycopg.connect(conninfo, options=f"-c search_path={schema or 'public'}") as c:
+                row = c.execute("SELECT count(*) FROM requests").fetchone()
+                return int(row[0]) if row else None
+        except psycopg.Error as exc:
+            log(f"cannot count rows in {schema}: {exc}")
+            return None
     if not db.exists():
         return None
     try:
@@ -210,7 +246,7 @@ def count_rows(db: Path) -> int | None:
         return None
 
 
-def wait_flushed(metrics_url: str, db: Path) -> tuple[str, float | None]:
+def wait_flushed(metrics_url: str, db: Path | str) -> tuple[str, float | None]:
     """Wait until ``gatewatch_records_pending`` is 0 and the row count settles.
     Returns the last /metrics text and the pending value seen last."""
     t0 = time.monotonic()
@@ -495,7 +531,10 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     direct_url = f"http://{HOST}:{up_port}{args.path}"
     gw_url = f"http://{HOST}:{gw_port}{args.path}"
     metrics_url = f"http://{HOST}:{gw_port}/metrics"
-    db = tmp / "bench.db"
+    db: Path | str = tmp / "bench.db"
+    database = f"sqlite:///{db}"
+    if args.database:
+        db = database = args.made_schema = fresh_postgres_schema(args.database)
     gw_log = tmp / "gateway.log"
     upstream: subprocess.Popen[bytes] | None = None
     sink: subprocess.Popen[bytes] | None = None
@@ -504,7 +543,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     try:
         upstream = start_upstream(up_port, tmp / "upstream.log")
         log(f"mock upstream ready on {HOST}:{up_port} (pid {upstream.pid})")
-        cfg = write_config(tmp, up_port, args.redis)
+        cfg = write_config(tmp, up_port, args.redis, database)
         env: dict[str, str] | None = None
         if args.otel:  # OpenTelemetry export on: to a sink that answers 200, or a closed port
             otel_port = free_port()
@@ -676,6 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     p.add_argument("--redis", metavar="URL", help="redis URL for shared counters")
     p.add_argument(
+        "--database",
+        metavar="URL",
+        help="postgresql://… to store records in PostgreSQL (a fresh schema per run, dropped"
+        " after) instead of SQLite",
+    )
+    p.add_argument(
         "--otel",
         choices=("sink", "down"),
         help="OpenTelemetry export on: to bench/otlp_sink.py, or to a closed port",
@@ -707,6 +752,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+            if getattr(args, "made_schema", None):
+                drop_postgres_schema(args.made_schema)
 
 
 if __name__ == "__main__":
