@@ -153,6 +153,10 @@ def test_a_nul_character_does_not_lose_the_batch(store: PostgresStore) -> None:
     assert [g["last_user_prompt"] for g in got if g] == ["ok", "bad\ufffdbyte", "back\\u0000slash"]
     assert got[1]["request_body"] == {"p": "bad\x00byte"}  # type: ignore[index]
     assert got[1]["tags"] == ["bad\x00byte"]  # type: ignore[index]
+    # searched for as it is stored; names too
+    assert store.list_requests(OWNER, parse_filters([("tag", "bad\x00byte")]), 9, None).count == 1
+    user = store.create_entity("users", {"name": "nul\x00name", "org": "o"})
+    assert user["name"] == "nul\ufffdname"
 
 
 def test_a_lost_or_unreachable_database_is_store_unavailable(store: PostgresStore) -> None:

@@ -155,6 +155,16 @@ CREATE OR REPLACE AGGREGATE gw_hist_raw(double precision, double precision) (
 """
 
 
+def _params(params: Sequence[Any] | None) -> Sequence[Any]:
+    """Parameters as PostgreSQL takes them: its text cannot hold U+0000, stored (and so
+    searched for) as U+FFFD."""
+    if not params:
+        return ()
+    if any(isinstance(p, str) and "\x00" in p for p in params):
+        return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+    return params
+
+
 class Conn:
     """A psycopg connection (autocommit: transactions are explicit ``BEGIN``/``COMMIT``) that
     takes the store's statements as written for SQLite."""
@@ -163,11 +173,11 @@ class Conn:
         self.conn = conn
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
-        return self.conn.execute(translate(sql), params or ())
+        return self.conn.execute(translate(sql), _params(params))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
         cur = self.conn.cursor()
-        cur.executemany(translate(sql), rows)
+        cur.executemany(translate(sql), [_params(row) for row in rows])
         return cur
 
     def executescript(self, script: str) -> None:
@@ -215,6 +225,6 @@ class PooledReader:
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Result:
         with self.pool.connection() as conn:
-            cur = conn.execute(translate(sql), params or ())
+            cur = conn.execute(translate(sql), _params(params))
             rows = cur.fetchall() if cur.description is not None else []
             return Result(rows, cur.description, cur.rowcount)

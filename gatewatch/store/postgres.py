@@ -57,22 +57,6 @@ def _clean(json_text: bytes) -> str:
     return json_text.decode()
 
 
-def _no_nul(s: str) -> str:
-    return s.replace("\x00", "\ufffd")
-
-
-def _clean_facts(facts: rollups.Facts) -> rollups.Facts:
-    """A record's rollup facts with U+0000 in its strings (user-sent headers, tags) replaced,
-    as ``_clean`` does for the stored record."""
-    key, scalars, lb, tb, end_user, tags = facts
-    if "\x00" not in end_user and not any(
-        isinstance(v, str) and "\x00" in v for v in (*key, *tags)
-    ):
-        return facts
-    key = tuple(_no_nul(v) if isinstance(v, str) else v for v in key)
-    return key, scalars, lb, tb, _no_nul(end_user), tuple(_no_nul(t) for t in tags)
-
-
 def split_url(url: str) -> tuple[str, str | None]:
     """The libpq connection URL and the schema named by ``?schema=`` (None: the default)."""
     parts = urlsplit(url)
@@ -255,7 +239,7 @@ class PostgresStore(SQLiteStore):
             stored = {
                 row[0] for row in db.execute("SELECT id FROM requests WHERE id = ANY(?)", (ids,))
             }
-            fresh = [_clean_facts(p[3]) for p in prepared if p[4] not in stored]
+            fresh = [p[3] for p in prepared if p[4] not in stored]
             db.execute(self._batch_insert(db, "requests"), (rows,))
             rollups.write(cast(Any, db), fresh)
             if facets:
