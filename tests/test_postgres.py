@@ -197,3 +197,35 @@ def test_schema_name_is_checked() -> None:
     )
     with pytest.raises(ValueError, match="schema"):
         split_url("postgresql://u@h/db?schema=x;drop")
+
+
+def test_nodes_making_the_same_org_and_user_at_once_agree() -> None:
+    """Two nodes that start together each make the bootstrap admin key's org and user, and two
+    API calls may make the same new org at once: neither fails, and both get the same ids."""
+    url = postgres_url()
+    stores = [PostgresStore(url) for _ in range(2)]
+    stores[0].migrate()
+    for round_ in range(10):
+        go = threading.Barrier(len(stores))
+        errors: list[BaseException] = []
+        made: list[dict[str, object]] = []
+
+        def make(s: PostgresStore, i: int, round_: int = round_) -> None:
+            go.wait()
+            try:
+                s.ensure_key(key_id="key_boot", name="admin", key_hash="boot", user="admin",
+                             org=f"default-{round_}", role="owner")  # fmt: skip
+                made.append(s.create_key({"user": f"u{round_}", "org": f"new-{round_}"},
+                                         f"h{round_}-{i}", "gw-…"))  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=make, args=(s, i)) for i, s in enumerate(stores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert len({k["user_id"] for k in made}) == 1 and len({k["org_id"] for k in made}) == 1
+    for s in stores:
+        s.close()

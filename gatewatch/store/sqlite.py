@@ -593,11 +593,12 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         row = db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()
         if row:
             return str(row[0])
-        org_id = "org_" + new_id()
+        # another node may make it at the same moment (PostgreSQL): theirs wins, ours is dropped
         db.execute(
-            "INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?)", (org_id, name, _now())
+            "INSERT INTO orgs (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            ("org_" + new_id(), name, _now()),
         )
-        return org_id
+        return str(db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()[0])
 
     def _ensure_user(self, db: sqlite3.Connection, org_id: str, name: str) -> str:
         row = db.execute(
@@ -605,12 +606,13 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         ).fetchone()
         if row:
             return str(row[0])
-        user_id = "usr_" + new_id()
         db.execute(
-            "INSERT INTO users (id, org_id, name, created_at) VALUES (?, ?, ?, ?)",
-            (user_id, org_id, name, _now()),
+            "INSERT INTO users (id, org_id, name, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            ("usr_" + new_id(), org_id, name, _now()),
         )
-        return user_id
+        sql = "SELECT id FROM users WHERE org_id = ? AND name = ?"
+        return str(db.execute(sql, (org_id, name)).fetchone()[0])
 
     def _transaction(self) -> _Tx:
         return _Tx(self)
