@@ -205,22 +205,24 @@ def test_nodes_making_the_same_org_and_user_at_once_agree() -> None:
     url = postgres_url()
     stores = [PostgresStore(url) for _ in range(2)]
     stores[0].migrate()
+    errors: list[BaseException] = []
+
+    def make(s: PostgresStore, i: int, round_: int, go: threading.Barrier,
+             made: list[dict[str, object]]) -> None:  # fmt: skip
+        go.wait()
+        try:
+            s.ensure_key(key_id="key_boot", name="admin", key_hash="boot", user="admin",
+                         org=f"default-{round_}", role="owner")  # fmt: skip
+            made.append(s.create_key({"user": f"u{round_}", "org": f"new-{round_}"},
+                                     f"h{round_}-{i}", "gw-…"))  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
     for round_ in range(10):
         go = threading.Barrier(len(stores))
-        errors: list[BaseException] = []
         made: list[dict[str, object]] = []
-
-        def make(s: PostgresStore, i: int, round_: int = round_) -> None:
-            go.wait()
-            try:
-                s.ensure_key(key_id="key_boot", name="admin", key_hash="boot", user="admin",
-                             org=f"default-{round_}", role="owner")  # fmt: skip
-                made.append(s.create_key({"user": f"u{round_}", "org": f"new-{round_}"},
-                                         f"h{round_}-{i}", "gw-…"))  # fmt: skip
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=make, args=(s, i)) for i, s in enumerate(stores)]
+        threads = [threading.Thread(target=make, args=(s, i, round_, go, made))
+                   for i, s in enumerate(stores)]  # fmt: skip
         for t in threads:
             t.start()
         for t in threads:
