@@ -178,11 +178,6 @@ def stop_nodes(nodes: list[Node]) -> None:
             node.proc.wait()
 
 
-# Errors the known race in store._ensure_org/_ensure_user logs (see the xfail reasons below);
-# any other traceback or error in a node's log fails the test that owned the node.
-KNOWN_ERRORS = ("psycopg.errors.UniqueViolation: duplicate key value violates unique constraint",)
-
-
 def logged_errors(log: str) -> list[str]:
     """The exception line of every traceback in a node's log, and its other ERROR lines."""
     lines = log.splitlines()
@@ -198,13 +193,7 @@ def logged_errors(log: str) -> list[str]:
 def assert_no_errors_logged(nodes: list[Node]) -> None:
     for node in nodes:
         log = node.stderr()
-        known = any(k in log for k in KNOWN_ERRORS)
-        unexpected = [
-            e for e in logged_errors(log)
-            if not e.startswith(KNOWN_ERRORS)
-            and not (known and ("Exception in ASGI application" in e or "duplicate key" in e
-                                or "failed to start" in e or "startup failed" in e))
-        ]  # fmt: skip
+        unexpected = logged_errors(log)
         assert not unexpected, f"node {node.name}: {unexpected}\n{log[-5000:]}"
 
 
@@ -237,11 +226,7 @@ def cluster(
     )
     tmp = tmp_path_factory.mktemp("cluster")
     extra = provider(upstream) + PRICES + alerts
-    # A first, then B and C at once: nodes that bootstrap a blank schema together can fail
-    # (test_two_nodes_started_together_on_a_blank_schema); these tests are about what follows
-    nodes = [launch("A", tmp, database, redis_url, extra)]
-    assert not wait_up(nodes), nodes[0].stderr()
-    nodes += [launch(name, tmp, database, redis_url, extra) for name in "BC"]
+    nodes = [launch(name, tmp, database, redis_url, extra) for name in "ABC"]  # all at once
     for node in wait_up(nodes):
         stop_nodes(nodes)
         pytest.fail(f"node {node.name} did not start:\n{node.stderr()[-3000:]}")
@@ -545,12 +530,6 @@ def test_keys_for_a_new_user_created_on_three_nodes_at_once(nodes: list[Node]) -
         barrier = threading.Barrier(len(nodes))
         with ThreadPoolExecutor(len(nodes)) as pool:
             codes += pool.map(create, nodes, [org] * len(nodes), [barrier] * len(nodes))
-    if any(code == 500 and "UniqueViolation" in text for code, text in codes):
-        pytest.xfail(
-            "POST /api/v1/keys on several nodes at once for a new user/org answers 500 "
-            "'internal error: UniqueViolation' (SQLiteStore._ensure_org/_ensure_user are "
-            f"SELECT-then-INSERT, not atomic on PostgreSQL): {[code for code, _ in codes]}"
-        )
     assert [code for code, _ in codes] == [201] * len(codes), codes
     for i in range(0, len(codes), len(nodes)):  # one user per organization, not one per node
         users = {json.loads(text)["user_id"] for _, text in codes[i : i + len(nodes)]}
@@ -558,13 +537,6 @@ def test_keys_for_a_new_user_created_on_three_nodes_at_once(nodes: list[Node]) -
 
 
 # -- two nodes on a blank schema: started together, every request stored once ---------------------
-
-STARTUP_RACE = (
-    "two nodes starting at once on a blank PostgreSQL schema: one fails to start with "
-    "UniqueViolation orgs_name_key in store.ensure_key (the bootstrap admin key's org: "
-    "SQLiteStore._ensure_org is SELECT-then-INSERT, not atomic under PostgreSQL's READ "
-    "COMMITTED); restarted, it came up"
-)
 
 
 def test_two_nodes_started_together_on_a_blank_schema(
@@ -578,16 +550,9 @@ def test_two_nodes_started_together_on_a_blank_schema(
     database = postgres_url()
     extra = provider(upstream) + PRICES
     nodes = [launch(name, tmp_path, database, redis_url, extra) for name in "AB"]
-    raced = False
     try:
         for node in wait_up(nodes):
-            log = node.stderr()
-            if "in ensure_key" not in log or "UniqueViolation" not in log:
-                pytest.fail(f"node {node.name} did not start:\n{log[-3000:]}")
-            raced = True  # the known startup race (STARTUP_RACE): restart it, as a supervisor
-            nodes[nodes.index(node)] = again = launch(node.name, tmp_path, database, redis_url,
-                                                      extra)  # fmt: skip
-            assert not wait_up([again]), again.stderr()
+            pytest.fail(f"node {node.name} did not start:\n{node.stderr()[-3000:]}")
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             rows = conn.execute(f'SELECT name FROM "{schema_of(database)}"._migrations')
             assert sorted(name for (name,) in rows) == sorted(name for name, _ in MIGRATIONS)
@@ -600,5 +565,3 @@ def test_two_nodes_started_together_on_a_blank_schema(
     finally:
         stop_nodes(nodes)
     assert_no_errors_logged(nodes)
-    if raced:
-        pytest.xfail(STARTUP_RACE)
