@@ -576,3 +576,16 @@ def test_list_count_read_from_the_rollups_agrees_with_the_records(store: Store) 
             break
     assert removed == 8 * 60 + 1
     check()
+
+
+def test_a_nul_character_is_stored_as_a_replacement_character(store: Store) -> None:
+    """U+0000 in a text field: SQLite's JSON functions would cut the text at it and PostgreSQL
+    cannot hold it, so every engine stores U+FFFD (bodies keep it: they are JSON text)."""
+    now = time.time()
+    recs = [Record(id=new_id(now + i), started=now + i, ended=now + i + 1, endpoint="/v1/x",
+                   status_code=200, last_user_prompt=p, request_body={"p": p}, tags=["t"])
+            for i, p in enumerate(["ok", "bad\x00byte", "back\\u0000slash"])]  # fmt: skip
+    store.insert_records(recs)
+    got = [store.get_request(OWNER, r.id) for r in recs]
+    assert [g["last_user_prompt"] for g in got if g] == ["ok", "bad\ufffdbyte", "back\\u0000slash"]
+    assert got[1]["request_body"] == {"p": "bad\x00byte"}  # type: ignore[index]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,25 @@ from gatewatch.records import Record
 from gatewatch.store.query import RequestQuery, Scope
 from gatewatch.store.rollups import UsageRows, UsageSpec
 
-__all__ = ["Identity", "Page", "ScopeLimits", "Store", "StoreError", "StoreUnavailable"]
+__all__ = [
+    "Identity",
+    "Page",
+    "ScopeLimits",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "without_nul",
+]
+
+# a JSON string's NUL character, not an escaped backslash followed by "u0000"
+_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def without_nul(json_text: bytes) -> bytes:
+    """JSON text with every U+0000 in its strings made U+FFFD: SQLite's JSON functions cut a
+    string at it and PostgreSQL's text cannot hold it, so both engines store U+FFFD. (A body is
+    stored as JSON text inside the record's JSON, so its own escapes are kept.)"""
+    return _NUL.sub(rb"\1\\ufffd", json_text) if b"\\u0000" in json_text else json_text
 
 
 class StoreError(Exception):

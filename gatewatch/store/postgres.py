@@ -16,7 +16,6 @@ database does better or needs:
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 import psycopg
 from psycopg_pool import ConnectionPool
-from ulid import ULID
 
 from gatewatch.store import rollups
 from gatewatch.store._pg import FUNCTIONS, PARTITIONED, Conn, PooledReader
@@ -42,19 +40,11 @@ __all__ = ["PostgresStore"]
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CASTS = {"double precision": "::float8", "bigint": "::int8"}
-# a JSON string's NUL character (PostgreSQL text cannot hold one), not an escaped backslash's u
-_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 _BATCH_COLUMNS = {
     "requests": None,  # the record's columns, in the prepared row's order (sqlite._RECORD_COLUMNS)
     "request_facets": ("name", "value", "request_id", "org_id", "user_id"),
     "request_bodies": ("request_id", "request_body", "response_body"),
 }
-
-
-def _clean(json_text: bytes) -> str:
-    if b"\\u0000" in json_text:
-        json_text = _NUL.sub(rb"\1\\ufffd", json_text)
-    return json_text.decode()
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -104,7 +94,8 @@ class PostgresStore(SQLiteStore):
         }
         self._write_lock = threading.Lock()
         self._writer_conn: Conn | None = None
-        self._months: set[tuple[int, int]] = set()
+        self._months: set[tuple[int, int]] = set()  # months whose partitions exist
+        self._new_months: set[tuple[int, int]] = set()  # made in the open transaction
         self._insert_sql: dict[str, str] = {}
         if self.schema:
             with psycopg.connect(self.conninfo, autocommit=True) as conn:
@@ -221,24 +212,20 @@ class PostgresStore(SQLiteStore):
                         )
                 except psycopg.errors.CheckViolation:
                     pass  # rows of that month already sit in the default partition: they stay
-            self._months.add((year, month))
+            self._new_months.add((year, month))  # known once the transaction commits
 
     def insert_prepared(self, batch: Sequence[object]) -> None:
         prepared: Sequence[Any] = batch
         ids = [p[4] for p in prepared]
-        rows = _clean(b"[" + b",".join([p[0] for p in prepared]) + b"]")
+        rows = (b"[" + b",".join([p[0] for p in prepared]) + b"]").decode()
         facets = [p[1] for p in prepared if p[1]]
         bodies = [p[2] for p in prepared if p[2] is not None]
-        times = []
-        for rid in (min(ids), max(ids)):
-            with contextlib.suppress(ValueError):  # not a ULID: the default partition holds it
-                times.append(ULID.from_str(rid).timestamp)
+        hours = [p[3][0][0] for p in prepared]  # each record's start hour (rollups.facts)
         with self._transaction() as db:
             # as SQLite's synchronous=NORMAL: the commit does not wait for the disk; a crash
             # of the database server may lose the last few hundred milliseconds of records
             db.execute("SET LOCAL synchronous_commit TO OFF")
-            if times:
-                self._ensure_partitions(db, min(times), max(times))
+            self._ensure_partitions(db, min(hours), max(hours))
             stored = {
                 row[0] for row in db.execute("SELECT id FROM requests WHERE id = ANY(?)", (ids,))
             }
@@ -246,10 +233,10 @@ class PostgresStore(SQLiteStore):
             db.execute(self._batch_insert(db, "requests"), (rows,))
             rollups.write(cast(Any, db), fresh)
             if facets:
-                text = _clean(b"[" + b",".join(facets) + b"]")
+                text = (b"[" + b",".join(facets) + b"]").decode()
                 db.execute(self._batch_insert(db, "request_facets"), (text,))
             if bodies:
-                text = _clean(b"[" + b",".join(bodies) + b"]")
+                text = (b"[" + b",".join(bodies) + b"]").decode()
                 db.execute(self._batch_insert(db, "request_bodies"), (text,))
 
     def export_pages(
@@ -394,6 +381,7 @@ class _PgTx:
 
     def __enter__(self) -> Conn:
         self.store._write_lock.acquire()
+        self.store._new_months.clear()
         try:
             self.db = self.store._write_conn()
             self.db.execute("BEGIN")
@@ -412,6 +400,7 @@ class _PgTx:
                     db.execute("COMMIT")
                 except psycopg.OperationalError as err:
                     raise StoreUnavailable(f"the database is not available: {err}") from err
+                self.store._months |= self.store._new_months
                 return
             if not db.broken:
                 try:

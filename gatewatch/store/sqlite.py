@@ -17,7 +17,15 @@ from gatewatch.store import rollups
 from gatewatch.store._sqlite_alerts import AlertsMixin
 from gatewatch.store._sqlite_export import export_select
 from gatewatch.store._sqlite_upkeep import UpkeepMixin
-from gatewatch.store.base import Identity, Page, ScopeLimits, Store, StoreError, StoreUnavailable
+from gatewatch.store.base import (
+    Identity,
+    Page,
+    ScopeLimits,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    without_nul,
+)  # fmt: skip
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope, and_where
 from gatewatch.store.rollups import ulid_floor as _ulid_floor
@@ -279,8 +287,8 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         if record.request_body is not None or record.response_body is not None:
             body = orjson.dumps((rid, _json(record.request_body), _json(record.response_body)))
         return (
-            orjson.dumps(_record_row(record)),
-            orjson.dumps(facets)[1:-1] if facets else None,
+            without_nul(orjson.dumps(_record_row(record))),
+            without_nul(orjson.dumps(facets)[1:-1]) if facets else None,
             body,
             _facts(record),
             rid,
