@@ -366,12 +366,6 @@ def test_budget_holds_exactly_across_three_nodes(nodes: list[Node]) -> None:
     assert_stored_once(nodes, key, replies + followed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisCounters rounds each request's cost to the nearest micro-dollar "
-    "(redis_backend._micros in settle): a $0.00000022 embedding is charged $0, so the "
-    "budget never binds with redis: configured (in-process counters refuse after 10)",
-)
 def test_budget_counts_requests_cheaper_than_a_micro_dollar(nodes: list[Node]) -> None:
     """A budget of 10 small embedding requests (list prices) lets exactly 10 through."""
 

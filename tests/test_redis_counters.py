@@ -114,7 +114,7 @@ def test_reserve_and_settle(prefix: str) -> None:
             for r, actual in zip(held, (0.10, 0.2345, 0.05, 0.000001), strict=True):
                 assert isinstance(r, Reservation)
                 await c.settle(r, actual)
-            assert await c.spent(check) == 0.384501  # exact micro-dollars, nothing reserved
+            assert await c.spent(check) == 0.384501  # exact nano-dollars, nothing reserved
             assert isinstance(await c.reserve((check,), 0.30), Reservation)
         finally:
             await c.close()
@@ -225,7 +225,7 @@ def test_budget_atomic_across_processes(prefix: str) -> None:
             await c.close()
 
     spent, raw = asyncio.run(final())
-    assert raw is not None and int(raw) == sum(admitted)  # exact to the micro-dollar
+    assert raw is not None and int(raw) == sum(admitted) * 1_000  # exact to the nano-dollar
     assert spent == sum(admitted) / 1_000_000  # and nothing is left reserved
     assert spent >= LIMIT
 
@@ -732,7 +732,7 @@ def admit_rate_worker(prefix: str, barrier: Any, results: Any, seed: int) -> Non
 
 
 async def _shared_state(prefix: str, limit_usd: float, rpm_limit: int) -> tuple[str, int | None]:
-    """(the budget's settled micro-dollars in Redis, rpm remaining after one more request or
+    """(the budget's settled nano-dollars in Redis, rpm remaining after one more request or
     None if it is refused)."""
     c = RedisCounters(REDIS_URL, zero_loader, prefix=prefix)
     client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
@@ -742,7 +742,7 @@ async def _shared_state(prefix: str, limit_usd: float, rpm_limit: int) -> tuple[
         state = RateState()
         refused = await c.hit((rpm,), 0, state)
         raw = await client.hget(f"{prefix}budget:{check.key}", "spent")
-        assert await c.spent(check) * 1_000_000 == pytest.approx(int(str(raw)))  # none reserved
+        assert await c.spent(check) * 1_000_000_000 == pytest.approx(int(str(raw)))  # none reserved
         return str(raw), None if refused else state.of(rpm)[0]
     finally:
         await client.aclose()
@@ -755,7 +755,7 @@ def test_admit_budget_exact_across_processes(prefix: str) -> None:
     # spent + reserved only grows, by exactly $0.01 per admission: exactly 100 fit in $1
     assert admitted == 100
     raw, remaining = asyncio.run(_shared_state(prefix, LIMIT, 1000))
-    assert int(raw) == admitted * 10_000
+    assert int(raw) == admitted * 10_000_000
     # the 140 budget refusals took no rate allowance: one more request sees 899 left, plus
     # what refilled since (one per 60 ms); had they counted, it would see 140 fewer
     assert remaining is not None and remaining >= 1000 - admitted - 1
@@ -770,7 +770,7 @@ def test_admit_rate_exact_across_processes(prefix: str) -> None:
     else:
         assert RPM <= admitted <= RPM + int(span / 0.6) + 1
     raw, _ = asyncio.run(_shared_state(prefix, 1000.0, RPM))
-    assert int(raw) == admitted * 10_000  # the rate refusals reserved nothing
+    assert int(raw) == admitted * 10_000_000  # the rate refusals reserved nothing
 
 
 def test_rebuild_after_flush_through_admit(prefix: str) -> None:

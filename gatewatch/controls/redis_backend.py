@@ -7,7 +7,7 @@ limits, then reserve and count: ``reserve`` + ``hit`` in one script) and ``finis
 (``settle`` + ``add_tokens`` in one script).
 
 Budgets. One hash per ``BudgetCheck.key``, ``{prefix}budget:{check.key}``, with integer
-micro-dollars (1e-6 USD resolution: amounts are rounded to the nearest micro-dollar at the
+nano-dollars (1e-9 USD resolution: amounts are rounded to the nearest nano-dollar at the
 edges, sums are exact):
 
 * ``spent``: settled spend, loaded from the database (``load_spend``) when the field is missing
@@ -63,7 +63,7 @@ from gatewatch.controls.counters import (
 
 __all__ = ["CountersUnavailable", "RedisCounters", "RedisReservation"]
 
-_MICROS = 1_000_000  # micro-dollars per USD
+_NANOS = 1_000_000_000  # nano-dollars per USD (a cheap embedding costs a few hundred)
 _WINDOW = 60.0  # rate limits are per minute (as counters._WINDOW)
 _BUCKET = 60  # seconds per reservation bucket
 _GRACE = 3600  # budget keys live this long after their period ends
@@ -81,7 +81,7 @@ local function budget_ttl(secs, period_end, grace, cap)
   if ttl < grace then ttl = grace end
   return math.floor(ttl)
 end
--- spent + live reservations (micro-dollars); stale reservation buckets are deleted if asked
+-- spent + live reservations (nano-dollars); stale reservation buckets are deleted if asked
 local function used_of(key, oldest, prune)
   local flat = redis.call('HGETALL', key)
   local spent, reserved = 0, 0
@@ -100,7 +100,7 @@ local function used_of(key, oldest, prune)
   end
   return spent + reserved
 end
--- whether the key has its spent, after setting it from init (micro-dollars, '' = not loaded)
+-- whether the key has its spent, after setting it from init (nano-dollars, '' = not loaded)
 local function has_spent(key, init, secs, period_end, grace, cap)
   if redis.call('HEXISTS', key, 'spent') == 1 then return true end
   if init == '' then return false end
@@ -109,7 +109,7 @@ local function has_spent(key, init, secs, period_end, grace, cap)
   return true
 end
 -- releases amount from reservation bucket ('' = not reserved in Redis) and adds actual (a
--- string of micro-dollars) to a loaded spent
+-- string of nano-dollars) to a loaded spent
 local function settle_key(key, amount, actual, bucket, secs, period_end, grace, cap)
   if redis.call('EXISTS', key) == 0 then return end
   if bucket ~= '' and amount ~= 0 then
@@ -126,7 +126,7 @@ end
 """
 
 # KEYS: budget hashes. ARGV: amount, bucket seconds, live buckets, grace, cap, then per key
-# (limit, period end, initial spent or ''), all money in micro-dollars.
+# (limit, period end, initial spent or ''), all money in nano-dollars.
 # Returns {-1, i...} (keys whose spent is missing: load them and call again with initial
 # values), {0, i, used} (refused on key i) or {1, bucket} (reserved in that bucket).
 _RESERVE = (
@@ -259,7 +259,7 @@ return 1
 
 # _RESERVE then _HIT in one step. KEYS: nb budget hashes, then nr rate keys. ARGV: nb, nr,
 # amount, bucket seconds, live buckets, grace, cap, per budget (limit, period end, initial
-# spent or ''), per rate (limit per minute, cost); money in micro-dollars. Budgets are checked
+# spent or ''), per rate (limit per minute, cost); money in nano-dollars. Budgets are checked
 # first, then rates, and nothing is reserved or counted unless all allow. Returns
 # {-1, i...} (budgets whose spent is missing: load them and call again with initial values),
 # {0, i, used} (refused by budget i), {2, j, over, used..., remaining, reset, ...} (refused by
@@ -323,7 +323,7 @@ return 1
 )
 
 
-# KEYS[1] budget hash; ARGV[1] micro-dollars: added to a loaded spend, nothing otherwise (an
+# KEYS[1] budget hash; ARGV[1] nano-dollars: added to a loaded spend, nothing otherwise (an
 # unloaded spend will be read from the database, which has the adjustment).
 _ADJUST = """
 if redis.call('HEXISTS', KEYS[1], 'spent') == 1 then
@@ -351,18 +351,18 @@ class CountersUnavailable(ConnectionError):
 
 @dataclass(slots=True)
 class RedisReservation(Reservation):
-    """A reservation held in Redis: what was reserved (micro-dollars) and in which bucket."""
+    """A reservation held in Redis: what was reserved (nano-dollars) and in which bucket."""
 
-    micros: int = 0
+    nanos: int = 0
     bucket: int = -1
 
 
-def _micros(usd: float) -> int:
-    return round(usd * _MICROS)
+def _nanos(usd: float) -> int:
+    return round(usd * _NANOS)
 
 
-def _usd(micros: int) -> float:
-    return micros / _MICROS
+def _usd(nanos: int) -> float:
+    return nanos / _NANOS
 
 
 def _glob_escape(text: str) -> str:
@@ -442,11 +442,11 @@ class RedisCounters:
         return await script(keys=keys, args=args)
 
     async def _initial(self, checks: Sequence[BudgetCheck]) -> list[str]:
-        """Spent of each check from the database, as ARGV strings of micro-dollars."""
+        """Spent of each check from the database, as ARGV strings of nano-dollars."""
         out = []
         for check in checks:
             loaded = await self._load(check.scope, check.scope_id, check.start, check.end)
-            out.append(str(_micros(loaded)))
+            out.append(str(_nanos(loaded)))
         return out
 
     # -- budgets ------------------------------------------------------------------------------
@@ -454,21 +454,21 @@ class RedisCounters:
     async def reserve(
         self, checks: tuple[BudgetCheck, ...], amount: float
     ) -> Reservation | BudgetRefusal:
-        micros = _micros(amount)
+        nanos = _nanos(amount)
         if not checks:
-            return RedisReservation(checks, amount, (), micros=micros)
+            return RedisReservation(checks, amount, (), nanos=nanos)
         keys = [self._budget_key(c) for c in checks]
         inits = [""] * len(checks)
         for _ in range(_MAX_LOAD_ROUNDS):
-            args: list[Any] = [micros, _BUCKET, self._live_buckets, _GRACE, _MAX_TTL]
+            args: list[Any] = [nanos, _BUCKET, self._live_buckets, _GRACE, _MAX_TTL]
             for check, init in zip(checks, inits, strict=True):
-                args += [_micros(check.limit_usd), repr(float(check.end)), init]
+                args += [_nanos(check.limit_usd), repr(float(check.end)), init]
             with self._guard(admission=True):
                 result = await self._run(self._reserve, keys, args)
             status = int(result[0])
             if status == 1:
                 used = tuple(_usd(int(u)) for u in result[2:])
-                return RedisReservation(checks, amount, used, micros=micros, bucket=int(result[1]))
+                return RedisReservation(checks, amount, used, nanos=nanos, bucket=int(result[1]))
             if status == 0:
                 return BudgetRefusal(checks[int(result[1]) - 1], _usd(int(result[2])))
             missing = [int(i) - 1 for i in result[1:]]
@@ -483,10 +483,10 @@ class RedisCounters:
         if not reservation.checks:
             return
         if isinstance(reservation, RedisReservation):
-            micros, bucket = reservation.micros, str(reservation.bucket)
+            nanos, bucket = reservation.nanos, str(reservation.bucket)
         else:
-            micros, bucket = 0, ""
-        args: list[Any] = [micros, _micros(actual), bucket, _GRACE, _MAX_TTL]
+            nanos, bucket = 0, ""
+        args: list[Any] = [nanos, _nanos(actual), bucket, _GRACE, _MAX_TTL]
         args += [repr(float(c.end)) for c in reservation.checks]
         keys = [self._budget_key(c) for c in reservation.checks]
         with self._guard(admission=False):
@@ -527,7 +527,7 @@ class RedisCounters:
             while True:
                 cursor, keys = await self._redis.scan(cursor, match=pattern, count=1000)
                 for key in keys:
-                    await self._run(self._adjust, [str(key)], [_micros(amount)])
+                    await self._run(self._adjust, [str(key)], [_nanos(amount)])
                 if not cursor:
                     break
 
@@ -588,9 +588,9 @@ class RedisCounters:
     ) -> Reservation | BudgetRefusal | RateRefusal:
         """``reserve`` then ``hit`` in one script (see ``CounterBackend.admit``): one round
         trip, plus one per round of spends to load from the database."""
-        micros = _micros(amount)
+        nanos = _nanos(amount)
         if not budgets and not rates:
-            return RedisReservation(budgets, amount, (), micros=micros)
+            return RedisReservation(budgets, amount, (), nanos=nanos)
         nb = len(budgets)
         keys = [self._budget_key(c) for c in budgets] + [self._rate_key(c) for c in rates]
         rate_args: list[Any] = []
@@ -599,10 +599,10 @@ class RedisCounters:
             rate_args += [rate.limit, repr(cost)]
         inits = [""] * nb
         for _ in range(_MAX_LOAD_ROUNDS):
-            args: list[Any] = [nb, len(rates), micros, _BUCKET, self._live_buckets]
+            args: list[Any] = [nb, len(rates), nanos, _BUCKET, self._live_buckets]
             args += [_GRACE, _MAX_TTL]
             for check, init in zip(budgets, inits, strict=True):
-                args += [_micros(check.limit_usd), repr(float(check.end)), init]
+                args += [_nanos(check.limit_usd), repr(float(check.end)), init]
             args += rate_args
             with self._guard(admission=True):
                 result = await self._run(self._admit, keys, args)
@@ -622,7 +622,7 @@ class RedisCounters:
                 return RateRefusal(rates[int(result[1]) - 1], float(result[2]))
             used = tuple(_usd(int(u)) for u in result[3 : 3 + nb])
             bucket = int(result[1]) if budgets else -1
-            return RedisReservation(budgets, amount, used, micros=micros, bucket=bucket)
+            return RedisReservation(budgets, amount, used, nanos=nanos, bucket=bucket)
         raise CountersUnavailable("Redis budget keys keep disappearing (is Redis evicting keys?)")
 
     async def finish(
@@ -639,10 +639,10 @@ class RedisCounters:
         if not budgets and not token_rates:
             return
         if isinstance(reservation, RedisReservation):
-            micros, bucket = reservation.micros, str(reservation.bucket)
+            nanos, bucket = reservation.nanos, str(reservation.bucket)
         else:
-            micros, bucket = 0, ""
-        args: list[Any] = [len(budgets), micros, _micros(actual), bucket, _GRACE, _MAX_TTL]
+            nanos, bucket = 0, ""
+        args: list[Any] = [len(budgets), nanos, _nanos(actual), bucket, _GRACE, _MAX_TTL]
         args += [repr(float(c.end)) for c in budgets]
         for rate in token_rates:
             args += [rate.limit, extra_tokens]
