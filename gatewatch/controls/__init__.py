@@ -296,8 +296,9 @@ class Controls:
         resets = "never resets" if c.period == "total" else f"resets at {_iso(c.end)}"
         return GatewayError(
             402,
-            f"budget exhausted: {c.scope} {c.name!r} has used {_money(refusal.spent)} of its "
-            f"{period} budget of {_money(c.limit_usd)}; it {resets}",
+            f"budget exhausted: {c.scope} {c.name!r} has used {_money(refusal.spent)} (spent,"
+            f" and reserved by its requests in flight) of its {period} budget of"
+            f" {_money(c.limit_usd)}; it {resets}",
             "budget_exceeded",
         )
 
