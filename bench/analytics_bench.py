@@ -556,7 +556,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
     cfg = tmp / "gatewatch.yaml"
     # retention off: the default (60 days of records) would purge half of a 120-day database
     cfg.write_text(
-        f"admin_key: {ADMIN_KEY}\ndatabase: sqlite:///{db}\nlog_level: {args.log_level}\n"
+        f"admin_key: {ADMIN_KEY}\ndatabase: {args.database or f'sqlite:///{db}'}\n"
+        f"log_level: {args.log_level}\n"
         "retention: {days: 0, content_days: 0, aggregate_days: 0}\n"
     )
     gw_log = tmp / "gateway.log"
@@ -619,6 +620,12 @@ def bench(args: argparse.Namespace, tmp: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("db", nargs="?", default="/tmp/gw10m.db", help="database from gen_records.py")
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="serve this database instead (postgresql://…): a copy of db made with"
+        " `gatewatch migrate`, so that both engines answer the same questions",
+    )
     p.add_argument(
         "--runs", type=int, default=10, help="timed requests per query (after 1 warm-up)"
     )
