@@ -589,3 +589,158 @@ def test_a_nul_character_is_stored_as_a_replacement_character(store: Store) -> N
     got = [store.get_request(OWNER, r.id) for r in recs]
     assert [g["last_user_prompt"] for g in got if g] == ["ok", "bad\ufffdbyte", "back\\u0000slash"]
     assert got[1]["request_body"] == {"p": "bad\x00byte"}  # type: ignore[index]
+
+
+# ---- which index a page is read from -------------------------------------------------------------
+
+
+def _matches(r: Record, filters: dict[str, list[str]], scope: Scope) -> bool:
+    """§A1's filters, evaluated on a record in Python: the oracle for the store's SQL."""
+    for name, values in filters.items():
+        if name == "model":
+            ok = r.model_requested in values or r.model in values
+        elif name == "tag":
+            ok = bool(set(values) & set(r.tags))
+        elif name.startswith("meta."):
+            ok = r.meta.get(name[5:]) in values
+        elif name == "status_code":
+            ok = str(r.status_code) in values
+        elif name == "initiator":
+            ok = any(v in (r.user, r.user_id) or (v == "me" and r.user_id == scope.user_id)
+                     for v in values)  # fmt: skip
+        elif name == "api_key":
+            ok = r.api_key_id in values or r.api_key_name in values
+        elif name == "org":
+            ok = r.org_id in values or r.org in values
+        elif name == "started_after":
+            ok = r.started >= datetime.fromisoformat(values[0]).timestamp()
+        elif name == "started_before":
+            ok = r.started < datetime.fromisoformat(values[0]).timestamp()
+        else:
+            ok = getattr(r, name) in values
+        if not ok:
+            return False
+    if scope.role == "admin":
+        return r.org_id == scope.org_id
+    return scope.role == "owner" or r.user_id == scope.user_id
+
+
+PAGING_CASES: list[list[tuple[str, str]]] = [
+    [],
+    [("provider", "anthropic")],
+    [("status", "error")],
+    [("provider", "openai"), ("status", "ok")],
+    [("provider", "anthropic"), ("status", "error"), ("model", "smart")],
+    [("model", "gpt-4o-mini"), ("tag", "batch")],
+    [("tag", "a b"), ("meta.team", "search")],
+    [("meta.team", "ads"), ("status", "ok"), ("client", "codex")],
+    [("client", "codex"), ("workflow", "summarize")],
+    [("session", "sess-2"), ("status_code", "500")],
+    [("end_user", "cust-1"), ("tag", "interactive"), ("provider", "openai")],
+    [("initiator", "alice"), ("status", "ok")],
+    [("initiator", "me"), ("tag", "batch")],
+    [("api_key", "bob-ci"), ("model", "gpt-4o-mini")],
+    [("org", "acme"), ("provider", "anthropic")],
+    [("org", "globex"), ("status", "error"), ("tag", "batch")],
+    [("provider", "openai"), ("provider", "anthropic"), ("status", "error")],
+    [("tag", "batch"), ("tag", "a b"), ("status", "ok")],
+    [("model", "smart"), ("model", "gpt-4o-mini"), ("client", "claude-code")],
+    [("started_after", "2025-10-09T09:00:00+00:00"), ("started_before", "2025-10-09T13:30:00Z"),
+     ("status", "ok"), ("model", "smart")],
+    [("started_after", "2025-10-09T10:00:00Z"), ("tag", "interactive")],
+]  # fmt: skip
+
+
+def _paging_world(store: Store) -> tuple[World, list[Scope]]:
+    w = _populate(store, 400)  # 400 minutes from 2025-10-09T08:53:20Z
+    alice, carol = w.keys["alice"], w.keys["carol"]
+    scopes = [OWNER, Scope("admin", alice["org_id"], carol["user_id"]),
+              Scope("member", alice["org_id"], alice["user_id"])]  # fmt: skip
+    return w, scopes
+
+
+def test_list_pages_and_counts_agree_with_the_records_for_filter_combinations(
+    store: Store,
+) -> None:
+    """Whichever index the store reads a page from, walking the pages gives exactly the
+    matching records, newest first, and every page's count is their number."""
+    w, scopes = _paging_world(store)
+    newest_first = sorted(w.records, key=lambda r: r.id, reverse=True)
+    for params in PAGING_CASES:
+        query = parse_filters(params)
+        for scope in scopes:
+            want = [r.id for r in newest_first if _matches(r, query.filters, scope)]
+            got: list[str] = []
+            after = None
+            while True:
+                page = store.list_requests(scope, query, 7, after)
+                assert page.count == len(want), (params, scope.role)
+                got += [r["id"] for r in page.results]
+                after = page.next_after_id
+                if after is None:
+                    break
+            assert got == want, (params, scope.role)
+
+
+def test_every_index_a_page_may_be_read_from_gives_the_same_records(store: Store) -> None:
+    """Each candidate driver of a query (one-value filters, resolved names, the scope), and
+    none, reads the same records in the same order; counting through it gives their number."""
+    from gatewatch.store._sqlite_paging import _resolved
+    from gatewatch.store.sqlite import _keyset_source
+
+    w, scopes = _paging_world(store)
+    db: Any = store._reader()  # type: ignore[attr-defined]
+    newest_first = sorted(w.records, key=lambda r: r.id, reverse=True)
+    tried = set()
+    for params in PAGING_CASES:
+        query = parse_filters(params)
+        for scope in scopes:
+            want = [r.id for r in newest_first if _matches(r, query.filters, scope)]
+            drivers = [None, *query.drivers(scope), *_resolved(db, scope, query)]
+            for driver in drivers:
+                source, args, order = _keyset_source(scope, query, driver=driver)
+                rows = db.execute(f"SELECT r.id FROM {source} ORDER BY {order} DESC", args)
+                assert [row[0] for row in rows] == want, (params, scope.role, driver)
+                if driver is not None:
+                    source, args, _ = query.keyset(scope, driver, row=False)
+                    (n,) = db.execute(f"SELECT count(*) FROM {source}", args).fetchone()
+                    assert n == len(want), (params, scope.role, driver)
+                    tried.add((driver.table, driver.column))
+    assert len(tried) == 13  # 7 indexed columns, 3 facets, users, keys, organizations
+
+
+def test_a_page_is_read_from_the_index_with_the_fewest_entries(store: Store) -> None:
+    """A rare status with a common model is read from the status index, a rare model with a
+    common status from the model's facets, and a member's filter that most records meet from
+    the member's own records (each candidate index is probed, not taken in a fixed order)."""
+    from gatewatch.store._sqlite_paging import choose_driver
+
+    alice = store.create_key({"user": "alice", "org": "acme"}, "h-a", "gw-a…")
+    bob = store.create_key({"user": "bob", "org": "acme"}, "h-b", "gw-b…")
+    records = []
+    for i in range(1200):
+        k = alice if i % 40 == 0 else bob
+        started = BASE + i * 10
+        records.append(Record(
+            id=new_id(started), started=started, ended=started + 1, endpoint="/v1/messages",
+            org_id=k["org_id"], org="acme", user_id=k["user_id"], user=k["user"],
+            api_key_id=k["id"], provider="anthropic",
+            model_requested="rare" if i % 50 == 0 else "common",
+            status_code=500 if i % 30 == 0 else 200, status="error" if i % 30 == 0 else "ok",
+        ))  # fmt: skip
+    store.insert_records(records)
+    db: Any = store._reader()  # type: ignore[attr-defined]
+    member = Scope("member", alice["org_id"], alice["user_id"])
+
+    def driver(scope: Scope, params: list[tuple[str, str]]) -> tuple[str, object]:
+        d = choose_driver(db, scope, parse_filters(params))
+        assert d is not None
+        return d.column, d.value
+
+    assert driver(OWNER, [("model", "common"), ("status", "error")]) == ("status", "error")
+    assert driver(OWNER, [("model", "rare"), ("status", "ok")]) == ("model", "rare")
+    assert driver(OWNER, [("status", "ok"), ("provider", "anthropic")]) in (
+        ("status", "ok"), ("provider", "anthropic"))  # fmt: skip
+    assert driver(member, [("provider", "anthropic")]) == ("user_id", alice["user_id"])
+    # 24 "rare" facets, 6 of them alice's, against alice's 30 records each to be fetched
+    assert driver(member, [("model", "rare")]) == ("model", "rare")

@@ -16,7 +16,15 @@ from ulid import ULID
 
 from gatewatch.records import parse_ts
 
-__all__ = ["FILTER_NAMES", "FilterError", "RequestQuery", "Scope", "and_where", "parse_filters"]
+__all__ = [
+    "FILTER_NAMES",
+    "Driver",
+    "FilterError",
+    "RequestQuery",
+    "Scope",
+    "and_where",
+    "parse_filters",
+]
 
 Role = Literal["member", "admin", "owner"]
 
@@ -63,6 +71,17 @@ def _facet(name: str, values: list[str]) -> Condition:
     marks = ",".join("?" * len(values))
     return (
         f"r.id IN (SELECT request_id FROM request_facets WHERE name = ? AND value IN ({marks}))",
+        [name, *values],
+    )
+
+
+def _facet_probe(name: str, values: list[str], id_column: str) -> Condition:
+    """The facet filter as a look-up of (name, value, id) in the facet table's primary key for
+    each candidate row, where ``IN (SELECT …)`` would first collect every matching id."""
+    marks = ",".join("?" * len(values))
+    return (
+        f"EXISTS (SELECT 1 FROM request_facets f WHERE f.name = ? AND f.value IN ({marks})"
+        f" AND f.request_id = {id_column})",
         [name, *values],
     )
 
@@ -164,6 +183,47 @@ _INDEXED = {
 }
 
 
+# Filters stored in a column of requests with an index of its own, (column, id, org_id, user_id):
+# a page can be read from that index in id order.
+_INDEXED_COLUMNS = (
+    "provider", "status", "status_code", "client", "workflow", "session", "end_user"
+)  # fmt: skip
+# The scope columns each index of requests carries beside its own column and id (m002); a facet
+# row carries both.
+_CARRIED = {"org_id": ("org_id",), "user_id": ("user_id", "org_id")}
+
+
+def _is_facet(name: str) -> bool:
+    return name in ("tag", "model") or name.startswith("meta.")
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """The index a page of records is read from, newest first: the index of one column of
+    ``requests`` for one value (``provider``, …, ``org_id``, ``user_id``, ``api_key_id``), or
+    the facet table for one (name, value). ``source`` is the filter it stands for, if any."""
+
+    table: Literal["requests", "request_facets"]
+    column: str  # a column of requests, or a facet name
+    value: object
+    source: str | None = None
+
+    @property
+    def id_column(self) -> str:
+        return "d.request_id" if self.table == "request_facets" else "d.id"
+
+    def carries(self, column: str) -> bool:
+        """Whether ``column`` (org_id or user_id) is read with the index entry itself."""
+        if self.table == "request_facets":
+            return True
+        return column == self.column or column in _CARRIED.get(self.column, ("org_id", "user_id"))
+
+    def condition(self) -> Condition:
+        if self.table == "request_facets":
+            return "d.name = ? AND d.value = ?", [self.column, self.value]
+        return f"d.{self.column} = ?", [self.value]
+
+
 @dataclass(slots=True)
 class RequestQuery:
     """Filters by name → values (meta filters as ``meta.<name>``)."""
@@ -187,13 +247,100 @@ class RequestQuery:
             [name, *values, *scope_params],
         )
 
-    def driving_facet(self) -> tuple[str, str] | None:
-        """A one-value tag/meta/model filter: the page is best read from the facet index
-        backwards (already in id order) rather than by collecting every matching id first."""
-        for name, values in self.filters.items():
-            if (name in ("tag", "model") or name.startswith("meta.")) and len(values) == 1:
-                return name, values[0]
+    def default_driver(self, scope: Scope) -> Driver | None:
+        """The driver to use without a look at the data: a one-value tag/meta/model filter
+        (its index read in id order rather than every matching id collected first)."""
+        for d in self.drivers(scope):
+            if d.table == "request_facets":
+                return d
         return None
+
+    def id_range(self) -> tuple[str | None, str | None]:
+        """The time bounds as ids: the smallest a match may have, the one every match is below."""
+        lo = self.filters.get("started_after")
+        hi = self.filters.get("started_before")
+        owner = Scope("owner", "", "")
+        return (
+            str(_FILTERS["started_after"](lo, owner)[1][0]) if lo else None,
+            str(_FILTERS["started_before"](hi, owner)[1][0]) if hi else None,
+        )
+
+    def drivers(self, scope: Scope) -> list[Driver]:
+        """The indexes a page of this query could be read from (see ``keyset``): each
+        one-value filter with an index of its own, and the scope's own index. Filters that
+        name users, keys or organizations (by id or name) are left to the caller to resolve."""
+        out: list[Driver] = []
+        for name, values in self.filters.items():
+            if len(values) != 1:
+                continue
+            if name in _INDEXED_COLUMNS:
+                value: object = int(values[0]) if name == "status_code" else values[0]
+                out.append(Driver("requests", name, value, name))
+            elif _is_facet(name):
+                out.append(Driver("request_facets", name, values[0], name))
+        if scope.role == "admin":
+            out.append(Driver("requests", "org_id", scope.org_id))
+        elif scope.role == "member":
+            out.append(Driver("requests", "user_id", scope.user_id))
+        return out
+
+    def keyset(
+        self, scope: Scope, driver: Driver | None, join: str = "", row: bool = True
+    ) -> tuple[str, list[object], str]:
+        """``FROM`` text (``requests r``, ``join`` after it), its parameters and the id column
+        to page on (``ORDER BY`` it ``DESC``; ``AND``/``WHERE`` it ``< ?`` for the next page).
+
+        With a driver, the driver's index is read newest first as ``d`` and joined to the
+        record ``r`` by its id (``CROSS JOIN``: SQLite keeps that order). What the index entry
+        itself can answer (the scope, the time bounds, facet filters as look-ups) is checked on
+        ``d``, before the record is fetched: SQLite fetches a record for every entry of an index
+        on a WITHOUT ROWID table before it checks the entry's other columns. ``row=False``
+        (counting): no record is fetched when no condition needs one."""
+        if driver is None:
+            where, params = self.where(scope)
+            return f"requests r{join}{and_where(where)}", list(params), "r.id"
+        did = driver.id_column
+        d_sql, d_params = driver.condition()
+        d_parts, r_parts = [d_sql], []
+        params, r_params = list(d_params), []
+        scope_sql, scope_params = scope.clause("d", checked=True)
+        scope_column, scope_id = {
+            "admin": ("org_id", scope.org_id), "member": ("user_id", scope.user_id)
+        }.get(scope.role, (None, None))  # fmt: skip
+        if scope_column is None or (driver.column, driver.value) == (scope_column, scope_id):
+            pass  # owner, or the driver is the scope's own index
+        elif driver.carries(scope_column):
+            d_parts.append(scope_sql)
+            params.extend(scope_params)
+        else:
+            r_sql, r_scope = scope.clause("r")
+            r_parts.append(r_sql)
+            r_params.extend(r_scope)
+        for name, values in self.filters.items():
+            if name == driver.source:
+                continue
+            cond: Condition
+            if name in ("started_after", "started_before"):
+                cond = _FILTERS[name](values, scope)
+                d_parts.append(cond[0].replace("r.id", did))
+                params.extend(cond[1])
+                continue
+            if _is_facet(name):
+                cond = _facet_probe(name, values, did)
+                d_parts.append(cond[0])
+                params.extend(cond[1])
+                continue
+            cond = _FILTERS[name](values, scope)
+            r_parts.append(cond[0])
+            r_params.extend(cond[1])
+        if r_parts or row:
+            sql = (
+                f"{driver.table} d CROSS JOIN requests r{join}"
+                f" WHERE {' AND '.join(d_parts)} AND r.id = {did}"
+                f"{and_where(' AND '.join(r_parts), 'AND')}"
+            )
+            return sql, [*params, *r_params], did
+        return f"{driver.table} d WHERE {' AND '.join(d_parts)}", params, did
 
     def where(self, scope: Scope, skip: str | None = None) -> tuple[str, list[object]]:
         driven = any(n != skip and n in _INDEXED for n in self.filters) or skip is not None

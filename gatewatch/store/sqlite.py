@@ -16,6 +16,7 @@ from gatewatch.records import COLUMNS, Record, format_ts, new_id
 from gatewatch.store import rollups
 from gatewatch.store._sqlite_alerts import AlertsMixin
 from gatewatch.store._sqlite_export import export_select
+from gatewatch.store._sqlite_paging import choose_driver, count_requests
 from gatewatch.store._sqlite_upkeep import UpkeepMixin
 from gatewatch.store.base import (
     Identity,
@@ -27,7 +28,7 @@ from gatewatch.store.base import (
     without_nul,
 )  # fmt: skip
 from gatewatch.store.migrations import apply_migrations
-from gatewatch.store.query import RequestQuery, Scope, and_where
+from gatewatch.store.query import Driver, RequestQuery, Scope, and_where
 from gatewatch.store.rollups import ulid_floor as _ulid_floor
 
 __all__ = ["SQLiteStore"]
@@ -192,22 +193,12 @@ def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
 
 
 def _keyset_source(
-    scope: Scope, query: RequestQuery, join: str = ""
+    scope: Scope, query: RequestQuery, join: str = "", driver: Driver | None = None
 ) -> tuple[str, list[object], str]:
-    """``FROM`` text, its parameters and the id column to page on (``ORDER BY`` it ``DESC``).
-
-    A one-value tag/meta/model filter reads its facet index backwards (already in id order)
-    rather than collecting every matching id first. ``join`` goes before the ``WHERE``."""
-    facet = query.driving_facet()
-    if facet is not None:
-        where, params = query.where(scope, skip=facet[0])
-        source = (
-            f"request_facets f JOIN requests r ON r.id = f.request_id{join}"
-            f" WHERE f.name = ? AND f.value = ?{and_where(where, 'AND')}"
-        )
-        return source, [*facet, *params], "f.request_id"
-    where, params = query.where(scope)
-    return f"requests r{join}{and_where(where)}", list(params), "r.id"
+    """``FROM`` text, its parameters and the id column to page on (``ORDER BY`` it ``DESC``),
+    read through ``driver`` (default: ``query.default_driver``; see ``RequestQuery.keyset``).
+    ``join`` goes before the ``WHERE``."""
+    return query.keyset(scope, driver or query.default_driver(scope), join)
 
 
 def _newest_first(ids: list[str]) -> bool:
@@ -337,16 +328,10 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
     def list_requests(
         self, scope: Scope, query: RequestQuery, limit: int, after_id: str | None
     ) -> Page:
-        where, params = query.where(scope)
         db = self._reader()
-        count = rollups.count(db, scope, query, where, params)
-        if count is None:
-            count_sql, count_params = query.facet_count(scope) or (
-                f"SELECT count(*) FROM requests r{and_where(where)}",
-                params,
-            )
-            count = db.execute(count_sql, count_params).fetchone()[0]
-        source, page_params, order = _keyset_source(scope, query)
+        driver = choose_driver(db, scope, query, after_id)
+        count = count_requests(db, scope, query, driver)
+        source, page_params, order = _keyset_source(scope, query, driver=driver)
         if after_id:
             source += f" {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
             page_params.append(after_id)
@@ -417,7 +402,8 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         line, line_params, finish = export_select(columns, fmt, usd_rate, currency)
         bodies = bool(_BODIES & {*columns})
         join = " LEFT JOIN request_bodies b ON b.request_id = r.id" if bodies else ""
-        source, params, order = _keyset_source(scope, query, join)
+        driver = choose_driver(self._reader(), scope, query)
+        source, params, order = _keyset_source(scope, query, join, driver)
         paged = f"{source} {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
         # a small first page (rows can be large: long prompts, bodies), then pages sized from
         # the bytes seen so far to about _EXPORT_PAGE_BYTES
