@@ -104,6 +104,7 @@ class Gateway:
         await asyncio.to_thread(warm_price_table)
         if self.settings.redis:
             self.controls.use_redis(self.settings.redis)
+            await self.breakers.use_redis(self.settings.redis)
         self.writer.start()
         await self.proxy.start()
         if self.tracing is not None:
@@ -136,6 +137,7 @@ class Gateway:
         if self.tracing is not None:
             await self.tracing.close()
         await self.controls.close()
+        await self.breakers.close()
         pending = self.writer.pending
         await asyncio.to_thread(self.writer.close, self.settings.shutdown_timeout)
         if self.writer.spool is None and self.writer.pending:

@@ -19,6 +19,17 @@ Every ``allow`` that returned True must be followed by exactly one of ``record_s
 ``record_failure`` or ``release`` for that target. One event loop drives all calls, so there are
 no locks. When closed, ``allow`` is a dict lookup and a comparison and allocates nothing; the
 open → half_open change happens lazily, when a call observes that the cooldown has passed.
+
+Shared (``use_redis``): the same state machine for every process using that Redis, kept by
+``breaker_redis.BreakerSync``. The breakers here are then this process's copy of the shared
+state: ``allow`` reads it as above (no Redis on the request path), failures and the successes
+that reset a non-zero count are queued for Redis, and the shared state comes back (the reply,
+published changes, snapshots). A consecutive failure count is the count of all processes. The
+one half-open trial is *claimed* in Redis: after the cooldown, a process that has requests for
+the target claims it (at the end of the cooldown when requests were refused during it, else on
+the first request after it, which is refused); its next request is the trial. While Redis is
+unavailable the breakers work here alone, from the state last seen. The recent-window
+statistics (error rate, p50) are always this process's.
 """
 
 from __future__ import annotations
@@ -27,9 +38,11 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from gatewatch.controls.breaker_redis import BreakerSync, SharedState
     from gatewatch.settings import CircuitBreakerSettings
 
 __all__ = [
@@ -54,19 +67,29 @@ StateListener = Callable[[str, str, str], None]
 # What ``retry_after`` says for a target whose half-open trial is still in flight: the trial
 # usually settles within about a request's time-to-first-byte.
 _TRIAL_RETRY_SECONDS: Final = 1.0
+# Shared: a claimed trial is used only while this much of its claim is left (the lease is then
+# extended in Redis well before it would expire), and a process asks for a claim at most this
+# often per target.
+_CLAIM_MARGIN: Final = 0.25
+_ASK_INTERVAL: Final = 0.05
 
 
 class _Breaker:
     """One target's state, consecutive-failure count and ring buffer of recent attempts."""
 
     __slots__ = (
+        "asked",
+        "claim_until",
         "failures",
         "filled",
+        "foreign",
         "latency",
         "next",
         "ok",
         "opened_at",
+        "seq",
         "state",
+        "token",
         "trial_at",
         "until",
     )
@@ -81,6 +104,14 @@ class _Breaker:
         self.latency: list[float | None] = [None] * window
         self.filled = 0
         self.next = 0
+        # shared mode: the sequence number of the shared state applied last, this process's
+        # trial lease (claimed, usable until claim_until; kept while its trial runs), until
+        # when another process's trial lease runs, and when a claim was last asked for
+        self.seq = -1
+        self.token: str | None = None
+        self.claim_until = 0.0
+        self.foreign = 0.0
+        self.asked = -math.inf
 
     def push(self, ok: bool, latency_ms: float | None) -> None:
         i = self.next
@@ -127,11 +158,30 @@ class CircuitBreakers:
         self._wall_clock = wall_clock
         self._on_change = on_change
         self._breakers: dict[str, _Breaker] = {}
+        self._sync: BreakerSync | None = None
 
     @classmethod
     def from_settings(cls, settings: CircuitBreakerSettings, **kwargs: Any) -> CircuitBreakers:
         """Breakers configured by the ``circuit_breaker`` settings section."""
         return cls(settings.failure_threshold, settings.cooldown, **kwargs)
+
+    async def use_redis(self, url: str, **kwargs: Any) -> None:
+        """Share the breakers with every process using this Redis (call on the running event
+        loop; waits at most Redis's timeout for a first snapshot). See ``BreakerSync``."""
+        from gatewatch.controls.breaker_redis import BreakerSync
+
+        self._sync = BreakerSync(self, url, clock=self._clock, **kwargs)
+        await self._sync.start()
+
+    async def close(self) -> None:
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            await sync.close()
+
+    @property
+    def shared(self) -> bool:
+        """Whether the breakers follow the shared state in Redis right now."""
+        return self._sync is not None and self._sync.active
 
     # -- the hot path ----------------------------------------------------------------------
 
@@ -143,6 +193,9 @@ class CircuitBreakers:
         if b is None or b.state is CLOSED:
             return True
         now = self._clock()
+        sync = self._sync
+        if sync is not None and sync.active:
+            return self._allow_shared(target, b, now, sync)
         if b.state is OPEN:
             if now < b.until:
                 return False
@@ -159,13 +212,18 @@ class CircuitBreakers:
         """The target answered (not 429/5xx): reset its consecutive failures and close it."""
         b = self._breaker(target)
         b.push(True, latency_ms)
-        b.failures = 0
-        if b.state is not CLOSED:
-            old = b.state
-            b.state = CLOSED
-            b.opened_at = None
-            b.trial_at = None
-            self._changed(target, old, CLOSED)
+        if b.failures or b.state is not CLOSED:
+            sync = self._sync
+            if sync is not None and sync.active:
+                sync.report(target, "s")
+            b.failures = 0
+            if b.state is not CLOSED:
+                old = b.state
+                b.state = CLOSED
+                b.opened_at = None
+                b.trial_at = None
+                b.token = None
+                self._changed(target, old, CLOSED)
 
     def record_failure(self, target: str, latency_ms: float | None = None) -> None:
         """A 429, 5xx, timeout or connection error: one more consecutive failure. Opens a closed
@@ -173,6 +231,11 @@ class CircuitBreakers:
         b = self._breaker(target)
         b.push(False, latency_ms)
         b.failures += 1
+        sync = self._sync
+        if sync is not None and sync.active:  # Redis decides; its answer comes back
+            trial = b.token if b.state is HALF_OPEN and b.token is not None else ""
+            sync.report(target, "f", trial)
+            return
         if b.state is CLOSED:
             if b.failures >= self.failure_threshold:
                 self._open(target, b, CLOSED)
@@ -186,12 +249,116 @@ class CircuitBreakers:
         b = self._breakers.get(target)
         if b is not None and b.state is HALF_OPEN:
             b.trial_at = None
+            sync = self._sync
+            if sync is not None and sync.active and b.token is not None:
+                sync.report(target, "r", b.token)  # another process may take the trial
+                b.token = None
+                b.state = OPEN  # cooldown over: the next request asks for the trial again
+
+    def _allow_shared(self, target: str, b: _Breaker, now: float, sync: BreakerSync) -> bool:
+        if b.state is HALF_OPEN:  # this process's trial
+            if b.trial_at is not None and now - b.trial_at < self.trial_timeout:
+                return False
+            b.state = OPEN  # presumed lost, and its lease has expired in Redis too
+            b.trial_at = None
+            b.token = None
+            self._changed(target, HALF_OPEN, OPEN)
+        if now < b.until:
+            sync.want(target, b.until)  # requests are waiting: claim the trial when it ends
+            return False
+        if b.token is not None and now < b.claim_until:
+            b.state = HALF_OPEN
+            b.trial_at = now
+            b.claim_until = 0.0
+            sync.report(target, "x", b.token)
+            self._changed(target, OPEN, HALF_OPEN)
+            return True
+        if b.foreign <= now and now - b.asked >= _ASK_INTERVAL:
+            b.asked = now
+            sync.want(target, now)
+        return False
+
+    # -- shared state (called by BreakerSync) ------------------------------------------------
+
+    def wants_trial(self, target: str, now: float) -> bool:
+        """Should this process claim ``target``'s trial now: open, cooldown over, no trial
+        lease known (its own or another process's)?"""
+        b = self._breakers.get(target)
+        return (
+            b is not None
+            and b.state is OPEN
+            and now >= b.until
+            and b.foreign <= now
+            and not (b.token is not None and now < b.claim_until)
+        )
+
+    def shared_update(
+        self,
+        target: str,
+        state: SharedState,
+        claimed: str | None = None,
+        claim_until: float = 0.0,
+    ) -> None:
+        """Apply ``target``'s shared state unless a newer one was applied; ``claimed``: the
+        token of the trial lease this process has just claimed."""
+        b = self._breaker(target)
+        if state.seq < b.seq:
+            return
+        b.seq = state.seq
+        if claimed is not None:
+            b.token = claimed
+            b.claim_until = claim_until - _CLAIM_MARGIN
+        b.failures = state.failures
+        old = b.state
+        if not state.open:
+            b.opened_at = None
+            b.trial_at = None
+            b.token = None
+            b.foreign = 0.0
+            if old is not CLOSED:
+                b.state = CLOSED
+                self._changed(target, old, CLOSED)
+            return
+        b.until = state.until
+        b.opened_at = state.opened_at
+        if state.holder and state.holder == b.token:
+            b.foreign = 0.0
+            if old is CLOSED:
+                b.state = OPEN
+                self._changed(target, old, OPEN)
+            return  # this process's claim, or its trial, holds
+        b.foreign = state.lease_until if state.holder else 0.0
+        b.token = None
+        b.trial_at = None
+        if old is not OPEN:
+            b.state = OPEN
+            self._changed(target, old, OPEN)
+
+    def shared_snapshot(self, seq: int, states: dict[str, SharedState]) -> None:
+        """Apply a snapshot taken at ``seq``: ``states`` of the targets with failures or open;
+        every other target is closed with no failures."""
+        from gatewatch.controls.breaker_redis import CLOSED_STATE
+
+        for target, state in states.items():
+            self.shared_update(target, state)
+        closed = None
+        for target, b in self._breakers.items():
+            if target not in states and (b.failures or b.state is not CLOSED):
+                closed = closed or replace(CLOSED_STATE, seq=seq)
+                self.shared_update(target, closed)
+
+    def shared_lost(self) -> None:
+        """Redis is unavailable: the breakers go on here alone. Claims not yet used lapse."""
+        for b in self._breakers.values():
+            if b.state is not HALF_OPEN:
+                b.token = None
+            b.foreign = 0.0
 
     # -- inspection ------------------------------------------------------------------------
 
     def state(self, target: str) -> str:
         """``"closed"``, ``"open"`` or ``"half_open"`` (an open breaker whose cooldown has
-        passed reports ``"half_open"``: its next request is a trial)."""
+        passed reports ``"half_open"``: its next request is a trial, or, shared, asks for it)."""
         b = self._breakers.get(target)
         if b is None:
             return CLOSED
@@ -238,7 +405,7 @@ class CircuitBreakers:
                 b.state is HALF_OPEN
                 and b.trial_at is not None
                 and now - b.trial_at < self.trial_timeout
-            )
+            ) or (b.state is OPEN and now >= b.until and b.foreign > now)
             out.append(
                 {
                     "target": target,
@@ -271,6 +438,8 @@ class CircuitBreakers:
 
     def _wait(self, b: _Breaker, now: float) -> float:
         if b.state is OPEN:
+            if now >= b.until and b.foreign > now:  # another process's trial is in flight
+                return min(_TRIAL_RETRY_SECONDS, b.foreign - now)
             return max(0.0, b.until - now)
         if b.trial_at is None:  # half-open, no trial in flight
             return 0.0
