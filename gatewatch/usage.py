@@ -14,10 +14,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
+
 from gatewatch.records import parse_ts
 from gatewatch.settings import CurrencySettings
 from gatewatch.store import FilterError, Scope, Store, parse_filters
-from gatewatch.store.rollups import DIMENSIONS, NBINS, NS, UsageSpec, percentile, sum_hist
+from gatewatch.store.rollups import (
+    DIMENSIONS,
+    NBINS,
+    NS,
+    UsageSpec,
+    encode,
+    hist_array,
+    percentiles,
+)
 
 __all__ = ["BUCKETS", "Currency", "UsageError", "facets", "top", "usage"]
 
@@ -153,29 +163,37 @@ def _dims(value: str | None, param: str, allowed: Sequence[str], most: int) -> t
     return dims
 
 
-def _metrics(v: Sequence[Any], currency: Currency) -> dict[str, Any]:
-    requests = v[0]
-    cost = v[7] / 1e9
-    hist = sum_hist(v[NS])
-    lat, ttft = hist[:NBINS], hist[NBINS:]
-    return {
-        "requests": requests,
-        "errors": v[1],
-        "input_tokens": v[2],
-        "output_tokens": v[3],
-        "cache_read_tokens": v[4],
-        "cache_write_tokens": v[5],
-        "reasoning_tokens": v[6],
-        "cost_usd": round(cost, 9),
-        "cost": round(cost * currency.rate, 9),
-        "unpriced_requests": v[8],
-        "latency_avg_ms": round(v[9] / requests, 1) if requests else None,
-        "latency_p50_ms": percentile(lat, 0.5),
-        "latency_p95_ms": percentile(lat, 0.95),
-        "latency_p99_ms": percentile(lat, 0.99),
-        "ttft_p50_ms": percentile(ttft, 0.5),
-        "ttft_p95_ms": percentile(ttft, 0.95),
-    }
+def _metrics(values: Sequence[Sequence[Any]], currency: Currency) -> list[dict[str, Any]]:
+    """The answer's metrics of each sum (NS scalars, then its histograms); the percentiles of
+    all of them computed at once."""
+    if not values:
+        return []
+    hists = np.stack([hist_array(v[NS]) for v in values])
+    p50, p95, p99 = percentiles(hists[:, :NBINS], (0.5, 0.95, 0.99))
+    t50, t95 = percentiles(hists[:, NBINS:], (0.5, 0.95))
+    out = []
+    for i, v in enumerate(values):
+        requests = v[0]
+        cost = v[7] / 1e9
+        out.append({
+            "requests": requests,
+            "errors": v[1],
+            "input_tokens": v[2],
+            "output_tokens": v[3],
+            "cache_read_tokens": v[4],
+            "cache_write_tokens": v[5],
+            "reasoning_tokens": v[6],
+            "cost_usd": round(cost, 9),
+            "cost": round(cost * currency.rate, 9),
+            "unpriced_requests": v[8],
+            "latency_avg_ms": round(v[9] / requests, 1) if requests else None,
+            "latency_p50_ms": p50[i],
+            "latency_p95_ms": p95[i],
+            "latency_p99_ms": p99[i],
+            "ttft_p50_ms": t50[i],
+            "ttft_p95_ms": t95[i],
+        })  # fmt: skip
+    return out
 
 
 _PERCENTILES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ttft_p50_ms", "ttft_p95_ms")
@@ -241,27 +259,7 @@ def usage(
         starts.append(_next(starts[-1], bucket, tz))
     boundaries = tuple(int(s.timestamp()) for s in starts)
     spec = UsageSpec(int(lo), int(hi), boundaries, group_by, query)
-    source, rows = store.usage_rows(scope, spec)
-
-    nb = len(boundaries) - 1
-    series: dict[tuple[str, ...], list[list[Any]]] = {}
-    for (bi, key), v in rows.items():
-        if 0 <= bi < nb:
-            _add(series.setdefault(key, [_zero() for _ in range(nb)])[bi], v)
-    totals_by_key = {}
-    for key, points in series.items():
-        total = _zero()
-        for v in points:
-            _add(total, v)
-        totals_by_key[key] = total
-    order = sorted(series, key=lambda k: (-totals_by_key[k][7], -totals_by_key[k][0], k))
-    other: list[list[Any]] | None = None
-    if top_n is not None and len(order) > top_n:
-        other = [_zero() for _ in range(nb)]
-        for key in order[top_n:]:
-            for i, v in enumerate(series[key]):
-                _add(other[i], v)
-        order = order[:top_n]
+    source, series, order, other = _series(store, scope, spec, top_n)
     show = _group(store, group_by, order)
     labels = [_iso(s) for s in starts[:-1]]
 
@@ -269,13 +267,13 @@ def usage(
         total = _zero()
         for v in points:
             _add(total, v)
+        total_metrics, *point_metrics = _metrics([total, *points], currency)
         return {
             "group": group,
             "other": is_other,
-            "totals": _metrics(total, currency),
+            "totals": total_metrics,
             "points": [
-                {"bucket": label, **_metrics(v, currency)}
-                for label, v in zip(labels, points, strict=True)
+                {"bucket": label, **m} for label, m in zip(labels, point_metrics, strict=True)
             ],
         }
 
@@ -283,8 +281,9 @@ def usage(
     if other is not None:
         out_series.append(one(dict.fromkeys(group_by, "other"), other, True))
     grand = _zero()
-    for v in rows.values():
-        _add(grand, v)
+    for points in [*series.values(), *([other] if other is not None else [])]:
+        for v in points:
+            _add(grand, v)
     return {
         "start": _iso(datetime.fromtimestamp(lo, tz)),
         "end": _iso(datetime.fromtimestamp(hi, tz)),
@@ -296,8 +295,90 @@ def usage(
         "source": source,
         "buckets": labels,
         "series": out_series,
-        "totals": _metrics(grand, currency),
+        "totals": _metrics([grand], currency)[0],
     }
+
+
+_Series = dict[tuple[str, ...], list[list[Any]]]
+
+
+def _by_key(rows: dict[tuple[int, tuple[str, ...]], list[Any]], nb: int) -> _Series:
+    series: _Series = {}
+    for (bi, key), v in rows.items():
+        if 0 <= bi < nb:
+            _add(series.setdefault(key, [_zero() for _ in range(nb)])[bi], v)
+    return series
+
+
+def _ranked(totals: dict[tuple[str, ...], list[Any]]) -> list[tuple[str, ...]]:
+    """Groups by cost, then requests, most first (the order of series and of ``top``)."""
+    return sorted(totals, key=lambda k: (-totals[k][7], -totals[k][0], k))
+
+
+def _series(
+    store: Store, scope: Scope, spec: UsageSpec, top_n: int | None
+) -> tuple[str, _Series, list[tuple[str, ...]], list[list[Any]] | None]:
+    """(source, the shown groups' points, those groups in order, the ``other`` points or
+    None).
+
+    With ``top=N`` and more groups than that, three small reads instead of every group's
+    points with its histograms (a per-day model and user question has tens of thousands of
+    groups): every group's sums over the whole range (no histograms) to rank them, the N shown
+    groups' points, and the points of all groups together, of which ``other`` is the rest."""
+    nb = len(spec.boundaries) - 1
+    if top_n is not None and spec.group_by:
+        whole = replace(spec, boundaries=(spec.lo, spec.hi), histograms=False)
+        source, rows = store.usage_rows(scope, whole)
+        totals: dict[tuple[str, ...], list[Any]] = {}
+        for (_bi, key), v in rows.items():
+            _add(totals.setdefault(key, _zero()), v)
+        order = _ranked(totals)
+        if len(order) > top_n:
+            order = order[:top_n]
+            shown = set(order)
+            only = tuple(tuple(sorted({k[i] for k in order})) for i in range(len(spec.group_by)))
+            _, rows = store.usage_rows(scope, replace(spec, only=only))
+            series = _by_key({k: v for k, v in rows.items() if k[1] in shown}, nb)
+            # all groups together: a record is in one group of each dimension but tag (a
+            # record with two tags is in two tag groups), so tags stay a dimension here
+            together = tuple(d for d in spec.group_by if d == "tag")
+            _, rows = store.usage_rows(scope, replace(spec, group_by=together, only=()))
+            everything = [_zero() for _ in range(nb)]
+            for (bi, _key), v in rows.items():
+                if 0 <= bi < nb:
+                    _add(everything[bi], v)
+            return source, series, order, [_rest(everything[i], series, i) for i in range(nb)]
+    source, rows = store.usage_rows(scope, spec)
+    series = _by_key(rows, nb)
+    totals = {}
+    for key, points in series.items():
+        total = _zero()
+        for v in points:
+            _add(total, v)
+        totals[key] = total
+    order = _ranked(totals)
+    other: list[list[Any]] | None = None
+    if top_n is not None and len(order) > top_n:
+        other = [_zero() for _ in range(nb)]
+        for key in order[top_n:]:
+            for i, v in enumerate(series[key]):
+                _add(other[i], v)
+        order = order[:top_n]
+    return source, {k: series[k] for k in order}, order, other
+
+
+def _rest(everything: list[Any], series: _Series, i: int) -> list[Any]:
+    """Bucket ``i`` of all groups together less the shown groups' (never below zero: the two
+    reads may be a write apart)."""
+    rest = list(everything[:NS])
+    hist = hist_array(everything[NS])
+    for points in series.values():
+        for j in range(NS):
+            rest[j] -= points[i][j]
+        hist -= hist_array(points[i][NS])
+    rest = [max(0, x) for x in rest]
+    counts = {b: int(c) for b, c in enumerate(np.maximum(hist, 0)) if c}
+    return [*rest, [encode(counts)] if counts else []]
 
 
 def _positive(value: str | None, param: str, most: int | None = None) -> int | None:
@@ -322,7 +403,7 @@ def top(
     limit = _positive(p.get("limit"), "limit", 1000) or 10
     currency = Currency.choose(currency_settings, p.get("currency"))
     query = parse_filters(params, TOP_PARAMS, p.get("q"))
-    percentiles = _flag(p, "percentiles", True)
+    with_percentiles = _flag(p, "percentiles", True)
     lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
     # Rank on the sums alone (no histograms: SQLite's own arithmetic), then merge the latency
     # histograms of the groups shown only: a leaderboard of 10 out of thousands of users or
@@ -338,17 +419,17 @@ def top(
 
     total = sum(value(v) for v in by_key.values())
     order = sorted(by_key, key=lambda k: (-value(by_key[k]), k))[:limit]
-    if percentiles and order:
-        shown = replace(spec, histograms=True, only=tuple(k[0] for k in order))
+    if with_percentiles and order:
+        shown = replace(spec, histograms=True, only=(tuple(k[0] for k in order),))
         for (_bi, key), v in store.usage_rows(scope, shown)[1].items():
             if key in by_key:
                 by_key[key][NS].extend(v[NS])
     show = _group(store, (dimension,), order)
     results = []
-    for rank, key in enumerate(order, 1):
-        m = _metrics(by_key[key], currency)
+    metrics = _metrics([by_key[key] for key in order], currency)
+    for rank, (key, m) in enumerate(zip(order, metrics, strict=True), 1):
         m["tokens"] = m["input_tokens"] + m["output_tokens"]
-        if not percentiles:
+        if not with_percentiles:
             for name in _PERCENTILES:
                 del m[name]
         share = value(by_key[key]) / total if total else 0.0

@@ -228,6 +228,37 @@ def _sum_blobs(blobs: list[bytes]) -> npt.NDArray[np.uint64]:
     return total
 
 
+def _sum_grouped(blobs: list[bytes], groups: npt.NDArray[np.int64], n: int) -> npt.NDArray[Any]:
+    """Histogram blobs summed per group (``groups[i]``: blob i's group, < n), all in one
+    vectorised pass: an (n, HIST_BINS) array of counts."""
+    total = np.zeros(n * HIST_BINS, np.int64)
+    lens = np.fromiter(map(len, blobs), np.int64, len(blobs))
+    is_dense = lens == _DENSE_BYTES
+    if is_dense.any():
+        dense = [b for b, d in zip(blobs, is_dense, strict=True) if d]
+        rows = np.frombuffer(b"".join(dense), _U4).reshape(-1, HIST_BINS).astype(np.int64)
+        np.add.at(total.reshape(n, HIST_BINS), groups[is_dense], rows)
+    sparse_at = np.flatnonzero(~is_dense)
+    if len(sparse_at):
+        raw = np.frombuffer(b"".join([blobs[i] for i in sparse_at]), np.uint8)
+        lens = lens[sparse_at]
+        m = lens // 5  # entries per blob: m bin bytes, then m uint32 counts
+        starts = np.cumsum(lens) - lens
+        blob = np.repeat(np.arange(len(sparse_at)), m)
+        nth = np.arange(int(m.sum())) - np.repeat(np.cumsum(m) - m, m)
+        bins = raw[starts[blob] + nth].astype(np.int64)
+        at = starts[blob] + m[blob] + 4 * nth
+        counts = (
+            raw[at].astype(np.int64)
+            | raw[at + 1].astype(np.int64) << 8
+            | raw[at + 2].astype(np.int64) << 16
+            | raw[at + 3].astype(np.int64) << 24
+        )
+        flat = groups[sparse_at][blob] * HIST_BINS + bins
+        total += np.bincount(flat, weights=counts, minlength=n * HIST_BINS).astype(np.int64)
+    return total.reshape(n, HIST_BINS)
+
+
 class _HistSum:
     """SQL aggregate gw_hist_sum(hist): the merged histogram of a group."""
 
@@ -475,6 +506,23 @@ def percentile(bins: Sequence[int], q: float) -> float | None:
     return round(representative(len(bins) - 1), 1)  # pragma: no cover - acc reaches n
 
 
+_SHOWN = np.array([round(representative(k), 1) for k in range(NBINS)])
+
+
+def percentiles(halves: npt.NDArray[Any], qs: Sequence[float]) -> list[list[float | None]]:
+    """``percentile`` of many histogram halves (an (n, NBINS) array) for several q at once:
+    one list per q, one value per histogram."""
+    cum = np.cumsum(halves, axis=1)
+    n = cum[:, -1]
+    empty = n == 0
+    out = []
+    for q in qs:
+        rank = np.maximum(1, np.ceil(q * n - 1e-9))
+        shown = _SHOWN[np.minimum((cum < rank[:, None]).sum(axis=1), NBINS - 1)]
+        out.append([None if e else float(v) for e, v in zip(empty, shown, strict=True)])
+    return out
+
+
 # ---- reading ---------------------------------------------------------------------------------
 
 
@@ -490,7 +538,8 @@ class UsageSpec:
     query: RequestQuery
     force_raw: bool = False
     histograms: bool = True  # False: no latency/TTFT histograms (no percentiles), cheaper
-    only: tuple[str, ...] | None = None  # just these values of the first group_by dimension
+    # just these values of each group_by dimension (None: all of them)
+    only: tuple[tuple[str, ...] | None, ...] = ()
 
 
 # (where the numbers came from: "rollups" | "records", {(bucket index, group values): metrics})
@@ -523,9 +572,22 @@ def _merge(out: dict[tuple[int, tuple[str, ...]], list[Any]], rows: Sequence[Seq
             have[NS].append(hist)
 
 
-def sum_hist(blobs: list[bytes]) -> list[int]:
-    """The latency and TTFT histogram (HIST_BINS counts) of a list of blobs."""
-    return [int(c) for c in _sum_blobs(blobs)] if blobs else [0] * HIST_BINS
+def sum_hist(blobs: Sequence[bytes | npt.NDArray[Any]]) -> list[int]:
+    """The latency and TTFT histogram (HIST_BINS counts) of a list of histograms: blobs, or
+    arrays of counts (as ``query`` gives them)."""
+    return [int(c) for c in hist_array(blobs)]
+
+
+def hist_array(hists: Sequence[bytes | npt.NDArray[Any]]) -> npt.NDArray[np.int64]:
+    """``sum_hist`` as an array."""
+    blobs = [h for h in hists if isinstance(h, bytes | bytearray | memoryview)]
+    total = np.zeros(HIST_BINS, np.int64)
+    if blobs:
+        total += _sum_blobs([bytes(b) for b in blobs]).astype(np.int64)
+    for h in hists:
+        if isinstance(h, np.ndarray):
+            total += h
+    return total
 
 
 def plan(scope: Scope, spec: UsageSpec) -> tuple[Cuboid, tuple[str, list[object]]] | None:
@@ -585,6 +647,16 @@ def _range_params(cuboid: Cuboid, scope: Scope, grain: str, lo: int, hi: int) ->
     return [scope.user_id, grain, lo, hi] if _by_user(cuboid, scope) else [grain, lo, hi]
 
 
+def _only(spec: UsageSpec, column: Callable[[str], str]) -> tuple[str, list[object]]:
+    """``spec.only`` as conditions (`` AND …``) on ``column(dimension)``."""
+    sql, params = "", list[object]()
+    for dim, values in zip(spec.group_by, spec.only, strict=False):
+        if values is not None:
+            sql += f" AND {column(dim)} IN ({','.join('?' * len(values))})"
+            params.extend(values)
+    return sql, params
+
+
 def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     planned = plan(scope, spec)
     if planned is None:
@@ -597,21 +669,29 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     if len(spec.boundaries) == 2 or all(b % 86400 == 0 for b in spec.boundaries):
         ranges = _grains(lo, hi)
     groups = "".join(f", r.{DIMENSIONS[d]}" for d in spec.group_by)
-    only, only_params = "", []
-    if spec.only is not None:
-        only = f" AND r.{DIMENSIONS[spec.group_by[0]]} IN ({','.join('?' * len(spec.only))})"
-        only_params = list(spec.only)
+    only, only_params = _only(spec, lambda d: f"r.{DIMENSIONS[d]}")
     bi = bucket_index("r.bucket", spec.boundaries)
-    sql = _scan(
-        cuboid, scope, f"{bi} AS bi{groups}, {rollup_sums(spec.histograms)}", where,
-        f"{only} GROUP BY bi{groups}",
-    )  # fmt: skip
+    sums = _scan(cuboid, scope, f"{bi} AS bi{groups}, {rollup_sums(False)}", where,
+                 f"{only} GROUP BY bi{groups}")  # fmt: skip
+    # the histograms row by row, summed per key in one vectorised pass (a Python aggregate
+    # step per row and a numpy sum per key cost more than the rest of the answer)
+    hists = _scan(cuboid, scope, f"{bi} AS bi{groups}, r.hist", where, only)
     out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
+    keys: dict[tuple[Any, ...], int] = {}  # (bucket index, group values…) as read → number
+    blobs: list[bytes] = []
+    of: list[int] = []
+    ng = len(spec.group_by)
     for grain, a, b in ranges:
-        if a < b:
-            args = [*_range_params(cuboid, scope, grain, a, b), *params, *only_params]
-            rows = db.execute(sql, args).fetchall()
-            _merge(out, rows, len(spec.group_by))
+        args = [*_range_params(cuboid, scope, grain, a, b), *params, *only_params]
+        _merge(out, db.execute(sums, args).fetchall(), ng)
+        if spec.histograms:
+            rows = [row for row in db.execute(hists, args).fetchall() if row[-1]]
+            of.extend([keys.setdefault(row[:-1], len(keys)) for row in rows])
+            blobs.extend([row[-1] for row in rows])
+    if blobs:
+        summed = _sum_grouped(blobs, np.array(of, np.int64), len(keys))
+        for read, i in keys.items():
+            out[(int(read[0]), tuple(str(v) for v in read[1:]))][NS].append(summed[i])
     return "rollups", out
 
 
@@ -627,9 +707,10 @@ def _raw(
         if "tag" in spec.group_by
         else ""
     )
-    if spec.only is not None:
-        conds.append(f"{raw_dim(spec.group_by[0])} IN ({','.join('?' * len(spec.only))})")
-        params.extend(spec.only)
+    only, only_params = _only(spec, raw_dim)
+    if only:
+        conds.append(only.removeprefix(" AND "))
+        params.extend(only_params)
     groups = "".join(f", {raw_dim(d)}" for d in spec.group_by)
     group_nums = "".join(f", {i + 2}" for i in range(len(spec.group_by)))
     t = "unixepoch(r.started_at)"
