@@ -617,34 +617,45 @@ def _grains(lo: int, hi: int) -> list[tuple[str, int, int]]:
     return [("h", lo, hi)]
 
 
-def _by_user(cuboid: Cuboid, scope: Scope) -> bool:
-    return scope.role == "member" and "user_id" in cuboid.columns
+_MAX_LISTED = 2000  # buckets named one by one in an admin's read, at most
 
 
-def _scan(cuboid: Cuboid, scope: Scope, select: str, where: str, tail: str = "") -> str:
-    """``SELECT <select>`` over the rows of ``cuboid`` (alias r) of one grain and bucket range
-    that meet ``where``, then ``tail``; its parameters: ``_range_params``, then where's.
+def _scan(
+    cuboid: Cuboid, scope: Scope, select: str, where: str, grain: str, lo: int, hi: int,
+    tail: str = "",
+) -> tuple[str, list[object]]:  # fmt: skip
+    """``SELECT <select>`` over the rows of ``cuboid`` (alias r) of one grain in [lo, hi) that
+    meet ``where``, then ``tail``; and the parameters that go before where's.
 
-    A member's rows are read through the cuboid's user index. SQLite, with no statistics,
-    prefers the primary key's (grain, bucket) range, which holds every user's rows: 30-100
-    times slower at a few thousand users. So the index is read as a table of its own (``u``,
-    covering: it holds the whole key), and each of its rows fetched by that key."""
-    if _by_user(cuboid, scope):
+    The rows are found by the primary key (grain, bucket, org_id, …) as a range of buckets,
+    which holds every organization's and user's rows, unless the scope narrows them:
+
+    * an admin's buckets are named one by one (``bucket IN (…)``), so the key's org_id applies
+      too and each bucket's rows of that organization are read, not every organization's;
+    * a member's rows are read through the cuboid's user index. SQLite, with no statistics,
+      prefers the primary key's range (30-100 times slower at a few thousand users), so the
+      index is read as a table of its own (``u``, covering: it holds the whole key) and each of
+      its rows fetched by that key."""
+    step = 86400 if grain == "d" else 3600
+    if scope.role == "member" and "user_id" in cuboid.columns:
         on = " AND ".join(f"r.{c} = u.{c}" for c in ("grain", "bucket", *cuboid.columns))
         head = (
             f"SELECT {select} FROM {cuboid.table} u CROSS JOIN {cuboid.table} r"
             f" WHERE u.user_id = ? AND u.grain = ? AND u.bucket >= ? AND u.bucket < ? AND {on}"
         )
+        params: list[object] = [scope.user_id, grain, lo, hi]
+    elif scope.role == "admin" and 0 < (hi - lo) // step <= _MAX_LISTED and lo % step == 0:
+        buckets = list(range(lo, hi, step))
+        marks = ",".join("?" * len(buckets))
+        head = f"SELECT {select} FROM {cuboid.table} r WHERE r.grain = ? AND r.bucket IN ({marks})"
+        params = [grain, *buckets]
     else:
         head = (
             f"SELECT {select} FROM {cuboid.table} r"
             " WHERE r.grain = ? AND r.bucket >= ? AND r.bucket < ?"
         )
-    return f"{head}{and_where(where, 'AND')}{tail}"
-
-
-def _range_params(cuboid: Cuboid, scope: Scope, grain: str, lo: int, hi: int) -> list[object]:
-    return [scope.user_id, grain, lo, hi] if _by_user(cuboid, scope) else [grain, lo, hi]
+        params = [grain, lo, hi]
+    return f"{head}{and_where(where, 'AND')}{tail}", params
 
 
 def _only(spec: UsageSpec, column: Callable[[str], str]) -> tuple[str, list[object]]:
@@ -671,21 +682,22 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     groups = "".join(f", r.{DIMENSIONS[d]}" for d in spec.group_by)
     only, only_params = _only(spec, lambda d: f"r.{DIMENSIONS[d]}")
     bi = bucket_index("r.bucket", spec.boundaries)
-    sums = _scan(cuboid, scope, f"{bi} AS bi{groups}, {rollup_sums(False)}", where,
-                 f"{only} GROUP BY bi{groups}")  # fmt: skip
+    sums = f"{bi} AS bi{groups}, {rollup_sums(False)}"
     # the histograms row by row, summed per key in one vectorised pass (a Python aggregate
     # step per row and a numpy sum per key cost more than the rest of the answer)
-    hists = _scan(cuboid, scope, f"{bi} AS bi{groups}, r.hist", where, only)
+    hists = f"{bi} AS bi{groups}, r.hist"
     out: dict[tuple[int, tuple[str, ...]], list[Any]] = {}
     keys: dict[tuple[Any, ...], int] = {}  # (bucket index, group values…) as read → number
     blobs: list[bytes] = []
     of: list[int] = []
     ng = len(spec.group_by)
     for grain, a, b in ranges:
-        args = [*_range_params(cuboid, scope, grain, a, b), *params, *only_params]
-        _merge(out, db.execute(sums, args).fetchall(), ng)
+        sql, args = _scan(cuboid, scope, sums, where, grain, a, b, f"{only} GROUP BY bi{groups}")
+        args += [*params, *only_params]
+        _merge(out, db.execute(sql, args).fetchall(), ng)
         if spec.histograms:
-            rows = [row for row in db.execute(hists, args).fetchall() if row[-1]]
+            sql = _scan(cuboid, scope, hists, where, grain, a, b, only)[0]
+            rows = [row for row in db.execute(sql, args).fetchall() if row[-1]]
             of.extend([keys.setdefault(row[:-1], len(keys)) for row in rows])
             blobs.extend([row[-1] for row in rows])
     if blobs:
@@ -737,10 +749,9 @@ def facet_values(
     where, params = scope.clause()
     col = f"r.{DIMENSIONS[dim]}"
     ranges = _grains(lo, hi)
-    union = " UNION ALL ".join(
-        _scan(cuboid, scope, f"{col} AS v, r.requests AS n", where) for _ in ranges
-    )
-    args = [p for g, a, b in ranges for p in (*_range_params(cuboid, scope, g, a, b), *params)]
+    scans = [_scan(cuboid, scope, f"{col} AS v, r.requests AS n", where, *r) for r in ranges]
+    union = " UNION ALL ".join(sql for sql, _ in scans)
+    args = [p for _, range_params in scans for p in (*range_params, *params)]
     rows = db.execute(
         f"SELECT v, sum(n) FROM ({union}) AS x WHERE v != '' GROUP BY v ORDER BY 2 DESC, 1 LIMIT ?",
         [*args, limit],
@@ -776,17 +787,18 @@ def count(
     )
     row = db.execute("SELECT value FROM upkeep WHERE name = 'rollups_exact_from'").fetchone()
     (oldest,) = db.execute("SELECT min(bucket) FROM rollup_user WHERE grain = 'h'").fetchone()
+    (newest,) = db.execute("SELECT max(bucket) FROM rollup_user WHERE grain = 'h'").fetchone()
     if row is None or oldest is None:
         return None
     a = max(-(-int(lo_ts or 0) // 3600) * 3600, int(row[0]), int(oldest))
-    b = int(hi_ts) // 3600 * 3600 if hi_ts is not None else _FAR
+    # (past the newest hour with rollups, the records: none, or those of a moment ago)
+    b = min(int(hi_ts) // 3600 * 3600 if hi_ts is not None else _FAR, int(newest) + 3600)
     if b - a < 2 * 3600:  # an hour or two: the records themselves are as quick
         return None
     total = 0
     for grain, x, y in _grains(a, b):
-        sql = _scan(cuboid, scope, "coalesce(sum(r.requests), 0)", rwhere)
-        params = [*_range_params(cuboid, scope, grain, x, y), *rparams]
-        total += db.execute(sql, params).fetchone()[0]
+        sql, params = _scan(cuboid, scope, "coalesce(sum(r.requests), 0)", rwhere, grain, x, y)
+        total += db.execute(sql, [*params, *rparams]).fetchone()[0]
     # the records outside the whole hours: [start of range, a) and [b, end of range)
     total += records(None, ulid_floor(a))
     if b < _FAR:
