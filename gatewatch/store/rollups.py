@@ -618,32 +618,37 @@ def _grains(lo: int, hi: int) -> list[tuple[str, int, int]]:
 
 
 _MAX_LISTED = 2000  # buckets named one by one in an admin's read, at most
+_FEW_USERS = 100  # users whose rows are read through the user index rather than the key
 
 
 def _scan(
     cuboid: Cuboid, scope: Scope, select: str, where: str, grain: str, lo: int, hi: int,
-    tail: str = "",
+    tail: str = "", users: Sequence[str] | None = None,
 ) -> tuple[str, list[object]]:  # fmt: skip
     """``SELECT <select>`` over the rows of ``cuboid`` (alias r) of one grain in [lo, hi) that
     meet ``where``, then ``tail``; and the parameters that go before where's.
 
     The rows are found by the primary key (grain, bucket, org_id, …) as a range of buckets,
-    which holds every organization's and user's rows, unless the scope narrows them:
+    which holds every organization's and user's rows, unless the scope or ``users`` (the only
+    users ``where`` or ``tail`` can match) narrow them:
 
+    * a member's rows, or those of a few users, are read through the cuboid's user index.
+      SQLite, with no statistics, prefers the primary key's range (30-100 times slower at a
+      few thousand users), so the index is read as a table of its own (``u``, covering: it
+      holds the whole key) and each of its rows fetched by that key;
     * an admin's buckets are named one by one (``bucket IN (…)``), so the key's org_id applies
-      too and each bucket's rows of that organization are read, not every organization's;
-    * a member's rows are read through the cuboid's user index. SQLite, with no statistics,
-      prefers the primary key's range (30-100 times slower at a few thousand users), so the
-      index is read as a table of its own (``u``, covering: it holds the whole key) and each of
-      its rows fetched by that key."""
+      too and each bucket's rows of that organization are read, not every organization's."""
     step = 86400 if grain == "d" else 3600
-    if scope.role == "member" and "user_id" in cuboid.columns:
+    if scope.role == "member":
+        users = [scope.user_id]
+    if users is not None and "user_id" in cuboid.columns:
         on = " AND ".join(f"r.{c} = u.{c}" for c in ("grain", "bucket", *cuboid.columns))
         head = (
             f"SELECT {select} FROM {cuboid.table} u CROSS JOIN {cuboid.table} r"
-            f" WHERE u.user_id = ? AND u.grain = ? AND u.bucket >= ? AND u.bucket < ? AND {on}"
+            f" WHERE u.user_id IN ({','.join('?' * len(users))}) AND u.grain = ?"
+            f" AND u.bucket >= ? AND u.bucket < ? AND {on}"
         )
-        params: list[object] = [scope.user_id, grain, lo, hi]
+        params: list[object] = [*users, grain, lo, hi]
     elif scope.role == "admin" and 0 < (hi - lo) // step <= _MAX_LISTED and lo % step == 0:
         buckets = list(range(lo, hi, step))
         marks = ",".join("?" * len(buckets))
@@ -681,6 +686,8 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
         ranges = _grains(lo, hi)
     groups = "".join(f", r.{DIMENSIONS[d]}" for d in spec.group_by)
     only, only_params = _only(spec, lambda d: f"r.{DIMENSIONS[d]}")
+    few = dict(zip(spec.group_by, spec.only, strict=False)).get("user")
+    users = few if few is not None and 0 < len(few) <= _FEW_USERS else None
     bi = bucket_index("r.bucket", spec.boundaries)
     sums = f"{bi} AS bi{groups}, {rollup_sums(False)}"
     # the histograms row by row, summed per key in one vectorised pass (a Python aggregate
@@ -692,11 +699,12 @@ def query(db: sqlite3.Connection, scope: Scope, spec: UsageSpec) -> UsageRows:
     of: list[int] = []
     ng = len(spec.group_by)
     for grain, a, b in ranges:
-        sql, args = _scan(cuboid, scope, sums, where, grain, a, b, f"{only} GROUP BY bi{groups}")
+        group = f"{only} GROUP BY bi{groups}"
+        sql, args = _scan(cuboid, scope, sums, where, grain, a, b, group, users)
         args += [*params, *only_params]
         _merge(out, db.execute(sql, args).fetchall(), ng)
         if spec.histograms:
-            sql = _scan(cuboid, scope, hists, where, grain, a, b, only)[0]
+            sql = _scan(cuboid, scope, hists, where, grain, a, b, only, users)[0]
             rows = [row for row in db.execute(sql, args).fetchall() if row[-1]]
             of.extend([keys.setdefault(row[:-1], len(keys)) for row in rows])
             blobs.extend([row[-1] for row in rows])
