@@ -44,6 +44,13 @@ FormatOpt = Annotated[str, typer.Option("--format", help="table | json | csv")]
 _DEFAULT_URL = "http://127.0.0.1:4000"
 
 
+def _redacted(url: str) -> str:
+    """A database URL with its password hidden."""
+    import re
+
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     Console(stderr=True).print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
@@ -118,11 +125,14 @@ def serve(
 def _run_server(settings: Any, host: str, port: int, workers: int, config: str | None) -> None:
     import uvicorn
 
-    from gatewatch.store import open_store
+    from gatewatch.store import StoreUnavailable, open_store
 
-    store = open_store(settings.database, settings.database_pool_size)
-    store.migrate()
-    store.close()
+    try:
+        store = open_store(settings.database, settings.database_pool_size)
+        store.migrate()
+        store.close()
+    except StoreUnavailable as exc:
+        _fail(f"{exc} (database: {_redacted(settings.database)})")
     common: dict[str, Any] = dict(
         host=host,
         port=port,

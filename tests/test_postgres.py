@@ -4,11 +4,15 @@ retention drops whole, migrations from several nodes at once, and a database tha
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -231,3 +235,17 @@ def test_nodes_making_the_same_org_and_user_at_once_agree() -> None:
         assert len({k["user_id"] for k in made}) == 1 and len({k["org_id"] for k in made}) == 1
     for s in stores:
         s.close()
+
+
+def test_serve_with_an_unreachable_database_says_so(tmp_path: Path) -> None:
+    """`gatewatch serve` on a PostgreSQL that cannot be reached: a one-line reason, exit 1, no
+    traceback, and the URL's password hidden."""
+    config = tmp_path / "gatewatch.yaml"
+    config.write_text('database: "postgresql://gw:s3cret@127.0.0.1:1/test?schema=x"\n')
+    exe = Path(sys.executable).with_name("gatewatch")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWATCH_")}
+    done = subprocess.run([str(exe), "serve", "--config", str(config), "--port", "1"],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 1
+    assert "the database is not available" in done.stderr and "Traceback" not in done.stderr
+    assert "s3cret" not in done.stderr and "gw:***@127.0.0.1:1" in done.stderr

@@ -98,8 +98,11 @@ class PostgresStore(SQLiteStore):
         self._new_months: set[tuple[int, int]] = set()  # made in the open transaction
         self._insert_sql: dict[str, str] = {}
         if self.schema:
-            with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"the database is not available: {exc}") from exc
         self._pool: ConnectionPool[Any] = ConnectionPool(
             self.conninfo,
             min_size=1,
