@@ -27,6 +27,7 @@ from gatewatch.store.rollups import (
     encode,
     hist_array,
     percentiles,
+    plan,
 )
 
 __all__ = ["BUCKETS", "Currency", "UsageError", "facets", "top", "usage"]
@@ -315,26 +316,69 @@ def _ranked(totals: dict[tuple[str, ...], list[Any]]) -> list[tuple[str, ...]]:
     return sorted(totals, key=lambda k: (-totals[k][7], -totals[k][0], k))
 
 
+_BATCH_USERS = 100  # users whose groups a pair leaderboard reads at once (the user index)
+_MOST_USERS = 400  # then every group at once
+
+
+def _top_groups(
+    store: Store, scope: Scope, whole: UsageSpec, top_n: int
+) -> tuple[str, list[tuple[str, ...]], bool]:
+    """The ``top_n`` first groups of ``whole`` (one bucket, no histograms) in order, and
+    whether there are more.
+
+    Two dimensions, one of them user (model and user, say: tens of thousands of groups in a
+    month): users are ranked first (a small rollup), then the groups of the biggest spenders
+    read a batch of users at a time, until the N-th group found costs more than the next user
+    spent in all; no group of that user or any after can rank above it."""
+    dims = whole.group_by
+    if len(dims) == 2 and "user" in dims and plan(scope, whole) is not None:
+        at = dims.index("user")
+        source, rows = store.usage_rows(scope, replace(whole, group_by=("user",)))
+        spent = sorted(((key[0], v[7]) for (_bi, key), v in rows.items()),
+                       key=lambda u: (-u[1], u[0]))  # fmt: skip
+        totals: dict[tuple[str, ...], list[Any]] = {}
+        order: list[tuple[str, ...]] = []
+        done, batch = 0, top_n
+        while done < len(spent) and done < _MOST_USERS:
+            users = tuple(u for u, _cost in spent[done : done + batch])
+            done += len(users)
+            only = (None, users) if at == 1 else (users, None)
+            for (_bi, key), v in store.usage_rows(scope, replace(whole, only=only))[1].items():
+                _add(totals.setdefault(key, _zero()), v)
+            order = _ranked(totals)
+            if (
+                done < len(spent)
+                and len(order) >= top_n
+                and totals[order[top_n - 1]][7] > spent[done][1]
+            ):
+                return source, order[:top_n], True
+            batch = min(2 * batch, _BATCH_USERS)
+        if done >= len(spent):
+            return source, order[:top_n], len(order) > top_n
+    source, rows = store.usage_rows(scope, whole)
+    totals = {}
+    for (_bi, key), v in rows.items():
+        _add(totals.setdefault(key, _zero()), v)
+    order = _ranked(totals)
+    return source, order[:top_n], len(order) > top_n
+
+
 def _series(
     store: Store, scope: Scope, spec: UsageSpec, top_n: int | None
 ) -> tuple[str, _Series, list[tuple[str, ...]], list[list[Any]] | None]:
     """(source, the shown groups' points, those groups in order, the ``other`` points or
     None).
 
-    With ``top=N`` and more groups than that, three small reads instead of every group's
-    points with its histograms (a per-day model and user question has tens of thousands of
-    groups): every group's sums over the whole range (no histograms) to rank them, the N shown
-    groups' points, and the points of all groups together, of which ``other`` is the rest."""
+    With ``top=N`` and more groups than that, small reads instead of every group's points
+    with its histograms (a per-day model and user question has tens of thousands of groups):
+    the groups' sums over the whole range (no histograms) to rank them (``_top_groups``), the
+    N shown groups' points, and the points of all groups together, of which ``other`` is the
+    rest."""
     nb = len(spec.boundaries) - 1
     if top_n is not None and spec.group_by:
         whole = replace(spec, boundaries=(spec.lo, spec.hi), histograms=False)
-        source, rows = store.usage_rows(scope, whole)
-        totals: dict[tuple[str, ...], list[Any]] = {}
-        for (_bi, key), v in rows.items():
-            _add(totals.setdefault(key, _zero()), v)
-        order = _ranked(totals)
-        if len(order) > top_n:
-            order = order[:top_n]
+        source, order, more = _top_groups(store, scope, whole, top_n)
+        if more:
             shown = set(order)
             only = tuple(tuple(sorted({k[i] for k in order})) for i in range(len(spec.group_by)))
             _, rows = store.usage_rows(scope, replace(spec, only=only))

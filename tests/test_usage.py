@@ -258,6 +258,43 @@ def test_top_folds_the_rest_into_other(seeded: Seeded) -> None:
         assert point["requests"] == sum(s["points"][i]["requests"] for s in rest)
 
 
+def test_top_of_two_dimensions_and_its_other_match_the_records(seeded: Seeded) -> None:
+    """top=N of model and user (ranked on a few users' groups at a time, see usage._top_groups)
+    and of tag and model: the N biggest groups by spend, then everything else as ``other``,
+    per day, percentiles included, against the records."""
+    params = {"start": "2026-10-30T00:00:00Z", "end": "2026-11-04T00:00:00Z", "bucket": "day"}
+    keys: dict[str, Callable[[Record], list[tuple[str, ...]]]] = {
+        "model,user": lambda r: [(r.model or r.model_requested or "", r.user or "")],
+        "user,model": lambda r: [(r.user or "", r.model or r.model_requested or "")],
+        "tag,model": lambda r: [(t, r.model or r.model_requested or "") for t in r.tags],
+    }
+
+    def expected(
+        pairs: list[tuple[tuple[str, ...], Record]],
+        key: Callable[[tuple[tuple[str, ...], Record]], Any],
+    ) -> dict[Any, Any]:
+        """_expected of records that count once per group they are in."""
+        keyed = iter(pairs)
+        return _expected([r for _, r in pairs], lambda r: key(next(keyed)))  # fmt: skip
+
+    for group_by, key in keys.items():
+        totals = expected([(k, r) for r in seeded.records for k in key(r)], lambda kr: kr[0])
+        ranked = sorted(totals, key=lambda k: (-round(totals[k]["cost_usd"], 9),
+                                               -totals[k]["requests"], k))  # fmt: skip
+        for n in (1, 2, 3, 5):
+            body = seeded.usage(group_by=group_by, top=n, **params)
+            dims = group_by.split(",")
+            shown = [tuple(str(s["group"][d]) for d in dims) for s in body["series"][:n]]
+            assert shown == ranked[:n], (group_by, n)
+            other = body["series"][n]
+            assert other["other"] is True and len(body["series"]) == n + 1
+            rest = [(k, r) for r in seeded.records for k in key(r) if k not in ranked[:n]]
+            want = expected(rest, lambda kr: _utc_day(kr[1]))
+            for point in other["points"]:
+                _check(point, want[point["bucket"]])
+            _check(other["totals"], expected(rest, lambda kr: 0)[0])
+
+
 def test_leaderboard_and_facets(seeded: Seeded) -> None:
     r = seeded.api("/api/v1/usage/top", dimension="user", metric="cost_usd",
                    start="2026-10-29T00:00:00Z", end="2026-11-05T00:00:00Z", limit=2)  # fmt: skip
