@@ -465,13 +465,27 @@ def raw_dim(dim: str) -> str:
 
 
 def bucket_index(column: str, boundaries: Sequence[int]) -> str:
-    """SQL for the index i of the bucket [boundaries[i], boundaries[i+1]) holding ``column``."""
-    steps = {b - a for a, b in itertools.pairwise(boundaries)}
-    if len(steps) == 1:
-        (step,) = steps
-        return f"(({column} - {boundaries[0]}) / {step})"
-    whens = " ".join(f"WHEN {column} < {b} THEN {i}" for i, b in enumerate(boundaries[1:]))
-    return f"(CASE {whens} END)"
+    """SQL for the index i of the bucket [boundaries[i], boundaries[i+1]) holding ``column``.
+
+    Runs of equal steps (days of a time zone between its daylight-saving changes) are one
+    division each, found by a tree of comparisons: a ``CASE`` of every boundary in turn would
+    cost a comparison per bucket on every row read."""
+    runs: list[tuple[int, int, int]] = []  # (first boundary's index, its value, step)
+    for i, (a, b) in enumerate(itertools.pairwise(boundaries)):
+        if runs and b - a == runs[-1][2] and runs[-1][1] + (i - runs[-1][0]) * runs[-1][2] == a:
+            continue
+        runs.append((i, a, b - a))
+
+    def tree(lo: int, hi: int) -> str:  # runs[lo:hi]
+        if hi - lo == 1:
+            first, value, step = runs[lo]
+            return f"({first} + ({column} - {value}) / {step})"
+        mid = (lo + hi) // 2
+        return (
+            f"(CASE WHEN {column} < {runs[mid][1]} THEN {tree(lo, mid)} ELSE {tree(mid, hi)} END)"
+        )
+
+    return tree(0, len(runs))
 
 
 def choose(needed: set[str]) -> Cuboid | None:
