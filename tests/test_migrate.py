@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from gatewatch.records import Attempt, Record, ToolCall, new_id
 from gatewatch.store import RequestQuery, Scope, SQLiteStore, Store, parse_filters
 from gatewatch.store.postgres import PostgresStore
-from gatewatch.store.rollups import HIST_BINS, NS, UsageSpec, decode_into
+from gatewatch.store.rollups import NS, UsageSpec, sum_hist
 
 GATEWATCH = str(Path(sys.executable).with_name("gatewatch"))
 OWNER = Scope("owner", "", "")
@@ -129,13 +129,9 @@ def _plain(value: Any) -> Any:
 
 
 def _usage(metrics: list[Any]) -> list[Any]:
-    """A usage row's sums and its latency histogram (SQLite merges the rollups' histograms in
-    SQL, PostgreSQL hands them to Python to merge: compare the merged counts)."""
-    dense = [0] * HIST_BINS
-    blobs = metrics[NS]
-    for blob in blobs if isinstance(blobs, list) else [blobs]:
-        decode_into(blob, dense)
-    return [*metrics[:NS], dense]
+    """A usage row's sums and its merged latency histogram (as counts: the engines may hand
+    back the histograms in different forms)."""
+    return [*metrics[:NS], sum_hist(metrics[NS])]
 
 
 def answers(store: Store, key_hashes: dict[str, str]) -> dict[str, Any]:
