@@ -23,6 +23,7 @@ from gatewatch.store.rollups import (
     DIMENSIONS,
     NBINS,
     NS,
+    SCALARS,
     UsageSpec,
     encode,
     hist_array,
@@ -376,7 +377,8 @@ def _series(
     rest."""
     nb = len(spec.boundaries) - 1
     if top_n is not None and spec.group_by:
-        whole = replace(spec, boundaries=(spec.lo, spec.hi), histograms=False)
+        whole = replace(spec, boundaries=(spec.lo, spec.hi), histograms=False,
+                        scalars=("requests", "cost_nusd"))  # fmt: skip
         source, order, more = _top_groups(store, scope, whole, top_n)
         if more:
             shown = set(order)
@@ -434,6 +436,19 @@ def _positive(value: str | None, param: str, most: int | None = None) -> int | N
     return int(value)
 
 
+# the scalar sums each leaderboard metric ranks on, and its value from them
+_METRIC_SCALARS = {
+    "cost_usd": ("cost_nusd",),
+    "requests": ("requests",),
+    "tokens": ("input_tokens", "output_tokens"),
+    "errors": ("errors",),
+}
+
+
+def _metric_value(metric: str, v: Sequence[Any]) -> int:
+    return int({"cost_usd": v[7], "requests": v[0], "tokens": v[2] + v[3], "errors": v[1]}[metric])
+
+
 def top(
     store: Store,
     scope: Scope,
@@ -449,25 +464,24 @@ def top(
     query = parse_filters(params, TOP_PARAMS, p.get("q"))
     with_percentiles = _flag(p, "percentiles", True)
     lo, hi = _round_hours(*_range(p.get("start"), p.get("end"), 30))
-    # Rank on the sums alone (no histograms: SQLite's own arithmetic), then merge the latency
-    # histograms of the groups shown only: a leaderboard of 10 out of thousands of users or
-    # clients does not pay for the percentiles of the rest.
-    spec = UsageSpec(lo, hi, (lo, hi), (dimension,), query, histograms=False)
-    source, rows = store.usage_rows(scope, spec)
-    by_key: dict[tuple[str, ...], list[Any]] = {}
+    # Rank on the one sum the metric needs (no histograms: SQLite's own arithmetic), then read
+    # every metric and the latency histograms of the groups shown only: a leaderboard of 10
+    # out of thousands of users or clients does not pay for the rest.
+    ranking = UsageSpec(lo, hi, (lo, hi), (dimension,), query, histograms=False,
+                        scalars=_METRIC_SCALARS[metric])  # fmt: skip
+    source, rows = store.usage_rows(scope, ranking)
+    ranked: dict[tuple[str, ...], int] = {}
     for (_bi, key), v in rows.items():
-        _add(by_key.setdefault(key, _zero()), v)
-
-    def value(v: Sequence[int]) -> float:
-        return {"cost_usd": v[7], "requests": v[0], "tokens": v[2] + v[3], "errors": v[1]}[metric]
-
-    total = sum(value(v) for v in by_key.values())
-    order = sorted(by_key, key=lambda k: (-value(by_key[k]), k))[:limit]
-    if with_percentiles and order:
-        shown = replace(spec, histograms=True, only=(tuple(k[0] for k in order),))
+        ranked[key] = ranked.get(key, 0) + _metric_value(metric, v)
+    total = sum(ranked.values())
+    order = sorted(ranked, key=lambda k: (-ranked[k], k))[:limit]
+    by_key = {key: _zero() for key in order}
+    if order:
+        shown = replace(ranking, histograms=with_percentiles, scalars=SCALARS,
+                        only=(tuple(k[0] for k in order),))  # fmt: skip
         for (_bi, key), v in store.usage_rows(scope, shown)[1].items():
             if key in by_key:
-                by_key[key][NS].extend(v[NS])
+                _add(by_key[key], v)
     show = _group(store, (dimension,), order)
     results = []
     metrics = _metrics([by_key[key] for key in order], currency)
@@ -476,7 +490,7 @@ def top(
         if not with_percentiles:
             for name in _PERCENTILES:
                 del m[name]
-        share = value(by_key[key]) / total if total else 0.0
+        share = ranked[key] / total if total else 0.0
         results.append({"rank": rank, **show(key), **m, "share": round(share, 6)})
     return {
         "dimension": dimension,
