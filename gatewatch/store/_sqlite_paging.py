@@ -24,7 +24,7 @@ from typing import Any
 from ulid import ULID
 
 from gatewatch.store import rollups
-from gatewatch.store.query import Driver, RequestQuery, Scope, and_where
+from gatewatch.store.query import Driver, RequestQuery, Scope
 
 __all__ = ["choose_driver", "count_requests"]
 
@@ -117,17 +117,8 @@ def count_requests(db: Any, scope: Scope, query: RequestQuery, driver: Driver | 
     answer, the rest from the records, read through ``driver``'s index."""
 
     def records(lo_id: str | None, hi_id: str | None) -> int:
-        source, params, order = query.keyset(scope, driver, row=False)
-        conds = []
-        if lo_id is not None:
-            conds.append(f"{order} >= ?")
-            params.append(lo_id)
-        if hi_id is not None:
-            conds.append(f"{order} < ?")
-            params.append(hi_id)
-        keyword = "AND" if " WHERE " in source else "WHERE"
-        sql = f"SELECT count(*) FROM {source}{and_where(' AND '.join(conds), keyword)}"
-        return int(db.execute(sql, params).fetchone()[0])
+        source, params, _ = query.keyset(scope, driver, row=False, lo_id=lo_id, hi_id=hi_id)
+        return int(db.execute(f"SELECT count(*) FROM {source}", params).fetchone()[0])
 
     total = rollups.count(db, scope, query, records)
     if total is not None:

@@ -193,6 +193,9 @@ _INDEXED_COLUMNS = (
 _CARRIED = {"org_id": ("org_id",), "user_id": ("user_id", "org_id")}
 
 
+_TIME_BOUNDS = ("started_after", "started_before")
+
+
 def _is_facet(name: str) -> bool:
     return name in ("tag", "model") or name.startswith("meta.")
 
@@ -285,10 +288,20 @@ class RequestQuery:
         return out
 
     def keyset(
-        self, scope: Scope, driver: Driver | None, join: str = "", row: bool = True
+        self,
+        scope: Scope,
+        driver: Driver | None,
+        join: str = "",
+        row: bool = True,
+        lo_id: str | None = None,
+        hi_id: str | None = None,
     ) -> tuple[str, list[object], str]:
         """``FROM`` text (``requests r``, ``join`` after it), its parameters and the id column
-        to page on (``ORDER BY`` it ``DESC``; ``AND``/``WHERE`` it ``< ?`` for the next page).
+        to page on (``ORDER BY`` it ``DESC``), for the records with ``lo_id <= id < hi_id``
+        (None: no bound; the next page: ``hi_id`` the last id seen) within the time bounds.
+        The bounds are merged into one of each kind: SQLite ranges an index on one lower and
+        one upper bound and checks any other row by row (an export of the last week of a
+        month-long ``started_after`` read the whole month).
 
         With a driver, the driver's index is read newest first as ``d`` and joined to the
         record ``r`` by its id (``CROSS JOIN``: SQLite keeps that order). What the index entry
@@ -296,13 +309,22 @@ class RequestQuery:
         ``d``, before the record is fetched: SQLite fetches a record for every entry of an index
         on a WITHOUT ROWID table before it checks the entry's other columns. ``row=False``
         (counting): no record is fetched when no condition needs one."""
+        own_lo, own_hi = self.id_range()
+        lo = max((b for b in (own_lo, lo_id) if b is not None), default=None)
+        hi = min((b for b in (own_hi, hi_id) if b is not None), default=None)
+        bounds = [(">=", lo)] if lo is not None else []
+        bounds += [("<", hi)] if hi is not None else []
         if driver is None:
-            where, params = self.where(scope)
-            return f"requests r{join}{and_where(where)}", list(params), "r.id"
+            timeless = {n: v for n, v in self.filters.items() if n not in _TIME_BOUNDS}
+            where, params = RequestQuery(timeless).where(scope)
+            parts = [where] if where else []
+            parts += [f"r.id {op} ?" for op, _ in bounds]
+            params = [*params, *(b for _, b in bounds)]
+            return f"requests r{join}{and_where(' AND '.join(parts))}", params, "r.id"
         did = driver.id_column
         d_sql, d_params = driver.condition()
-        d_parts, r_parts = [d_sql], []
-        params, r_params = list(d_params), []
+        d_parts, r_parts = [d_sql, *(f"{did} {op} ?" for op, _ in bounds)], []
+        params, r_params = [*d_params, *(b for _, b in bounds)], []
         scope_sql, scope_params = scope.clause("d", checked=True)
         scope_column, scope_id = {
             "admin": ("org_id", scope.org_id), "member": ("user_id", scope.user_id)
@@ -320,11 +342,8 @@ class RequestQuery:
             if name == driver.source:
                 continue
             cond: Condition
-            if name in ("started_after", "started_before"):
-                cond = _FILTERS[name](values, scope)
-                d_parts.append(cond[0].replace("r.id", did))
-                params.extend(cond[1])
-                continue
+            if name in _TIME_BOUNDS:
+                continue  # see bounds
             if _is_facet(name):
                 cond = _facet_probe(name, values, did)
                 d_parts.append(cond[0])

@@ -193,12 +193,17 @@ def _to_dict(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
 
 
 def _keyset_source(
-    scope: Scope, query: RequestQuery, join: str = "", driver: Driver | None = None
+    scope: Scope,
+    query: RequestQuery,
+    join: str = "",
+    driver: Driver | None = None,
+    hi_id: str | None = None,
 ) -> tuple[str, list[object], str]:
-    """``FROM`` text, its parameters and the id column to page on (``ORDER BY`` it ``DESC``),
-    read through ``driver`` (default: ``query.default_driver``; see ``RequestQuery.keyset``).
-    ``join`` goes before the ``WHERE``."""
-    return query.keyset(scope, driver or query.default_driver(scope), join)
+    """``FROM`` text, its parameters and the id column to page on (``ORDER BY`` it ``DESC``)
+    for the records below ``hi_id`` (None: from the newest), read through ``driver``
+    (default: ``query.default_driver``; see ``RequestQuery.keyset``). ``join`` goes before the
+    ``WHERE``."""
+    return query.keyset(scope, driver or query.default_driver(scope), join, hi_id=hi_id)
 
 
 def _newest_first(ids: list[str]) -> bool:
@@ -331,10 +336,7 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         db = self._reader()
         driver = choose_driver(db, scope, query, after_id)
         count = count_requests(db, scope, query, driver)
-        source, page_params, order = _keyset_source(scope, query, driver=driver)
-        if after_id:
-            source += f" {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
-            page_params.append(after_id)
+        source, page_params, order = _keyset_source(scope, query, driver=driver, hi_id=after_id)
         rows = db.execute(
             f"SELECT {_SELECT} FROM {source} ORDER BY {order} DESC LIMIT ?",
             [*page_params, limit + 1],
@@ -403,17 +405,15 @@ class SQLiteStore(AlertsMixin, UpkeepMixin, Store):
         bodies = bool(_BODIES & {*columns})
         join = " LEFT JOIN request_bodies b ON b.request_id = r.id" if bodies else ""
         driver = choose_driver(self._reader(), scope, query)
-        source, params, order = _keyset_source(scope, query, join, driver)
-        paged = f"{source} {'AND' if ' WHERE ' in source else 'WHERE'} {order} < ?"
         # a small first page (rows can be large: long prompts, bodies), then pages sized from
         # the bytes seen so far to about _EXPORT_PAGE_BYTES
         size, after = min(page_size, 20 if bodies else 500), None
         while True:
+            source, params, order = _keyset_source(scope, query, join, driver, after)
             page = (
-                f"SELECT {order} AS id, {line} AS line FROM {paged if after else source}"
-                f" ORDER BY {order} DESC LIMIT ?"
+                f"SELECT {order} AS id, {line} AS line FROM {source} ORDER BY {order} DESC LIMIT ?"
             )
-            args = [*line_params, *params, *([after] if after else []), size]
+            args = [*line_params, *params, size]
             # the reader of the thread running this step: each page may run on another thread
             db = self._reader()
             # the page as one value: SQLite builds it without holding the GIL, and Python
