@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import re
 import time
 from typing import Any
@@ -442,6 +443,32 @@ def test_csv_null_cells_are_empty_and_text_survives(gateway: RunningGateway) -> 
     )
     assert page == f',{rec.id},,"",\r\n'.encode()
     assert ',"(NULL)",' in text  # text that reads like a null stays text
+
+
+def test_csv_runs_of_null_cells_and_marker_like_text(gateway: RunningGateway) -> None:
+    """Null cells side by side (each made empty though the previous one shares its comma), at
+    the end of a line, and text that holds the marker or reads like it, in every position."""
+    key = gateway.create_key(user="amy", org="acme")
+    texts = [None, None, None, "", "\x01", '"\x01"', ',"\x01",', '\x01"', "x"]
+    cols = ["end_user", "session", "workflow", "client", "error_type", "error_message"]
+    rnd = random.Random(5)
+    recs = [store_record(gateway, key, i, **{c: rnd.choice(texts) for c in cols})
+            for i in range(300)]  # fmt: skip
+    gateway.gateway.store.insert_records(recs)
+    pages = gateway.gateway.store.export_pages(
+        Scope("owner", "", ""), parse_filters([]), ["id", *cols], "csv"
+    )
+    rows = list(csv.reader(io.StringIO(b"".join(pages).decode(), newline="")))
+    want = sorted(recs, key=lambda r: r.id, reverse=True)
+    assert [r[0] for r in rows] == [r.id for r in want]
+    for row, rec in zip(rows, want, strict=True):
+        # a stored U+0001 alone is the one text that comes out empty (see _sqlite_export)
+        assert row[1:] == [
+            "" if getattr(rec, c) in (None, "\x01") else getattr(rec, c) for c in cols
+        ], rec.id
+    text = b"".join(gateway.gateway.store.export_pages(
+        Scope("owner", "", ""), parse_filters([]), ["id", *cols], "csv")).decode()  # fmt: skip
+    assert ",,,," in text and ',"",' in text  # nulls empty and unquoted, empty text quoted
 
 
 def test_a_page_concatenated_out_of_order_is_read_row_by_row(
