@@ -26,13 +26,12 @@ UPSTREAM_OPENAI_KEY = "sk-upstream-openai-secret-123456"
 UPSTREAM_ANTHROPIC_KEY = "sk-ant-upstream-secret-123456"
 
 
-# PostgreSQL for the engine tests: each test gets its own schema, dropped when the run ends.
+# PostgreSQL for the engine tests: each test gets its own schema, gwt_<pid of the test run>_…,
+# dropped when the run ends (and, at the start of a run, those of runs no longer alive).
 # GATEWATCH_TEST_DATABASE=postgresql runs the gateway tests themselves on it too.
 PG_URL = os.environ.get("GATEWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-_PG_SCHEMAS: list[str] = []
-_PG_BY_DIR: dict[
-    Path, str
-] = {}  # a test's gateways (restarts too) share one database, as on SQLite
+# a test's gateways (restarts too) share one database, as on SQLite
+_PG_BY_DIR: dict[Path, str] = {}
 
 
 def service_missing(reason: str) -> None:
@@ -42,31 +41,68 @@ def service_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def flushed_redis(url: str) -> str:
+    """``url`` once its Redis database is emptied (each test file uses a database of its own)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        service_missing(f"Redis is not reachable at {url}: {exc}")
+    return url
+
+
 def postgres_url() -> str:
     """The URL of a fresh, empty schema in the test PostgreSQL."""
     import uuid
 
     import psycopg
 
-    name = f"gwt_{uuid.uuid4().hex[:16]}"
+    name = f"gwt_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     try:
         with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE SCHEMA "{name}"')
     except psycopg.OperationalError as exc:
         service_missing(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
-    _PG_SCHEMAS.append(name)
     return f"{PG_URL}?schema={name}"
+
+
+def _drop_schemas(which: Callable[[int], bool]) -> None:
+    """Drop the test schemas of the test runs (by pid) ``which`` picks."""
+    import psycopg
+
+    try:
+        with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as conn:
+            names = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'gwt\\_%'"
+            ).fetchall()
+            for (name,) in names:
+                pid = name.split("_")[1]
+                if pid.isdigit() and which(int(pid)):
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    except psycopg.OperationalError:
+        pass  # no PostgreSQL: no schemas either
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _drop_test_schemas() -> Iterator[None]:
+    _drop_schemas(_gone)  # left by runs that were killed
     yield
-    if _PG_SCHEMAS:
-        import psycopg
-
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            for name in _PG_SCHEMAS:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    _drop_schemas(lambda pid: pid == os.getpid())
 
 
 def free_port() -> int:

@@ -33,7 +33,7 @@ from tests.conftest import (
     RunningGateway,
     ServerThread,
     Upstream,
-    service_missing,
+    flushed_redis,
 )
 
 REDIS_URL = os.environ.get("GATEWATCH_TEST_REDIS_BREAKERS", "redis://127.0.0.1:6379/11")
@@ -43,15 +43,7 @@ StartGateway = Callable[..., RunningGateway]
 
 @pytest.fixture
 def redis_url() -> str:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
-    except redis.RedisError as exc:
-        service_missing(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    return REDIS_URL
+    return flushed_redis(REDIS_URL)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

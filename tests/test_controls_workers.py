@@ -13,25 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, Upstream, free_port
+from tests.conftest import ADMIN_KEY, Upstream, flushed_redis, free_port
 
 REDIS_URL = os.environ.get("GATEWATCH_TEST_REDIS_WORKERS", "redis://127.0.0.1:6379/14")
 
 
 @pytest.fixture
 def redis_url() -> str:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.flushdb()
-        client.close()
-    except redis.RedisError as exc:
-        reason = f"Redis at {REDIS_URL} is not reachable: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return REDIS_URL
+    return flushed_redis(REDIS_URL)
 
 
 def test_rate_limit_is_shared_by_four_workers(

@@ -35,9 +35,9 @@ from tests.conftest import (
     ADMIN_KEY,
     PG_URL,
     Upstream,
+    flushed_redis,
     free_port,
     postgres_url,
-    service_missing,
 )
 
 REDIS_URL = os.environ.get("GATEWATCH_TEST_REDIS_NODES", "redis://127.0.0.1:6379/12")
@@ -86,15 +86,7 @@ class Webhook:
 
 @pytest.fixture(scope="module")
 def redis_url() -> str:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.flushdb()
-        client.close()
-    except redis.RedisError as exc:
-        service_missing(f"Redis at {REDIS_URL} is not reachable: {exc}")
-    return REDIS_URL
+    return flushed_redis(REDIS_URL)
 
 
 @pytest.fixture(scope="module")
