@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from gatewatch.controls.redis_backend import client as redis_client
 
 if TYPE_CHECKING:
     from gatewatch.controls.breaker import CircuitBreakers
@@ -224,13 +224,7 @@ class BreakerSync:
         self._clock = clock
         self._retry_interval = retry_interval
         self._sync_interval = sync_interval
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis: aioredis.Redis = redis_client(url, timeout)
         self._batch = self._redis.register_script(_BATCH)
         self._snapshot = self._redis.register_script(_SNAPSHOT)
         self._hash = f"{prefix}breaker:"

@@ -357,6 +357,19 @@ class RedisReservation(Reservation):
     bucket: int = -1
 
 
+def client(url: str, timeout: float, max_connections: int | None = None) -> aioredis.Redis:
+    """A Redis client for the request path: text replies, short timeouts and no retries (a
+    failure is handled by the caller at once: a slow Redis must not hold requests)."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+    )
+
+
 def _nanos(usd: float) -> int:
     return round(usd * _NANOS)
 
@@ -395,14 +408,7 @@ class RedisCounters:
         self._retry_interval = retry_interval
         self._down_until = 0.0
         self._live_buckets = max(1, math.ceil(reservation_ttl / _BUCKET))
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=max_connections,
-        )
+        self._redis = client(url, timeout, max_connections)
         self._reserve = self._redis.register_script(_RESERVE)
         self._spent = self._redis.register_script(_SPENT)
         self._settle = self._redis.register_script(_SETTLE)
