@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gatewatch.records import parse_ts
 from gatewatch.store.query import ROLLUP_FILTERS, RequestQuery, Scope, and_where, rollup_where
 
 __all__ = [
@@ -44,7 +43,6 @@ __all__ = [
     "Cuboid",
     "UsageRows",
     "UsageSpec",
-    "count",
     "percentile",
 ]
 
@@ -797,50 +795,3 @@ def facet_values(
         [*args, limit],
     ).fetchall()
     return [(str(v), int(n)) for v, n in rows]
-
-
-_FAR = 253402300800  # 10000-01-01: a range with no end
-
-
-def count(
-    db: sqlite3.Connection,
-    scope: Scope,
-    query: RequestQuery,
-    records: Callable[[str | None, str | None], int],
-) -> int | None:
-    """A list's ``count`` (§A1): the whole hours of its range from the rollups (a few thousand
-    pre-summed rows instead of every matching record), the partial hours at either end from the
-    records (``records(lo_id, hi_id)``: how many of the list's records have lo_id <= id < hi_id,
-    None for no bound); None when the rollups cannot answer exactly (a filter they do not keep,
-    several tags, a range that lies before ``rollups_exact_from``, the hour the retention purge
-    has reached)."""
-    tags = query.filters.get("tag")
-    if tags is not None and len(tags) > 1:  # a record with two of them is one record
-        return None
-    planned = plan(scope, UsageSpec(0, 3600, (0, 3600), (), query))
-    if planned is None:
-        return None
-    cuboid, (rwhere, rparams) = planned
-    lo_ts, hi_ts = (
-        max(parse_ts(v[0]), 0.0) if (v := query.filters.get(name)) else None
-        for name in ("started_after", "started_before")
-    )
-    row = db.execute("SELECT value FROM upkeep WHERE name = 'rollups_exact_from'").fetchone()
-    (oldest,) = db.execute("SELECT min(bucket) FROM rollup_user WHERE grain = 'h'").fetchone()
-    (newest,) = db.execute("SELECT max(bucket) FROM rollup_user WHERE grain = 'h'").fetchone()
-    if row is None or oldest is None:
-        return None
-    a = max(-(-int(lo_ts or 0) // 3600) * 3600, int(row[0]), int(oldest))
-    # (past the newest hour with rollups, the records: none, or those of a moment ago)
-    b = min(int(hi_ts) // 3600 * 3600 if hi_ts is not None else _FAR, int(newest) + 3600)
-    if b - a < 2 * 3600:  # an hour or two: the records themselves are as quick
-        return None
-    total = 0
-    for grain, x, y in _grains(a, b):
-        sql, params = _scan(cuboid, scope, "coalesce(sum(r.requests), 0)", rwhere, grain, x, y)
-        total += db.execute(sql, [*params, *rparams]).fetchone()[0]
-    # the records outside the whole hours: [start of range, a) and [b, end of range)
-    total += records(None, ulid_floor(a))
-    if b < _FAR:
-        total += records(ulid_floor(b), None)
-    return int(total)
