@@ -224,7 +224,17 @@ class PooledReader:
         self.pool = pool
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> Result:
+        try:
+            return self._execute(translate(sql), _params(params))
+        except psycopg.OperationalError:
+            # a pooled connection the server ended (a restart, a failover): the pool drops it
+            # on its return; the idle ones are checked now and the read runs once more (rather
+            # than a check round trip before every read)
+            self.pool.check()
+            return self._execute(translate(sql), _params(params))
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> Result:
         with self.pool.connection() as conn:
-            cur = conn.execute(translate(sql), _params(params))
+            cur = conn.execute(sql, params)
             rows = cur.fetchall() if cur.description is not None else []
             return Result(rows, cur.description, cur.rowcount)

@@ -29,7 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from gatewatch.store import rollups
 from gatewatch.store._pg import FUNCTIONS, PARTITIONED, Conn, PooledReader
-from gatewatch.store._sqlite_export import EXPORT_COLUMNS
+from gatewatch.store._sqlite_export import _JSON, _PLAIN_TEXT, EXPORT_COLUMNS
 from gatewatch.store.base import StoreUnavailable
 from gatewatch.store.migrations import apply_migrations
 from gatewatch.store.query import RequestQuery, Scope
@@ -108,7 +108,6 @@ class PostgresStore(SQLiteStore):
             min_size=1,
             max_size=max(1, pool_size),
             kwargs=self._connect_kwargs,
-            check=ConnectionPool.check_connection,  # a connection the server ended is replaced
             open=True,
             name="gatewatch-reads",
         )
@@ -344,8 +343,7 @@ def _csv_cell(name: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return _sqlite_real(value)
-    if isinstance(value, int) or name in ("id", "started_at", "ended_at", "api_key_id",
-                                          "status", "currency"):  # fmt: skip
+    if isinstance(value, int) or name in _PLAIN_TEXT:
         return str(value)
     return '"' + str(value).replace('"', '""') + '"'
 
@@ -359,7 +357,7 @@ def _json_value(name: str, value: Any) -> Any:
         return None
     if name == "stream":
         return bool(value)
-    if name in ("tags", "meta", "tool_calls", "attempts"):
+    if name in _JSON:
         return orjson.Fragment(value)
     if name in _BODIES:
         try:
